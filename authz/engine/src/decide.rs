@@ -1,0 +1,768 @@
+//! `decide`: the one evaluation path. Every host (CLI, ext_authz server, native filter) calls
+//! it; it is pure and synchronous, reads no clock and does no I/O.
+//!
+//! Order (Istio's filter chain): PeerAuthentication (STRICT on plaintext => DENY), CUSTOM with
+//! no usable provider (=> DENY; Istio's ext_authz runs before jwt_authn), RequestAuthentication
+//! (a present but invalid token => 401; audience mismatch => 403), then Cedar over DENY and ALLOW.
+//! Any error on the way denies (fail closed).
+
+use std::collections::BTreeMap;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, EntityId, EntityUid, PolicySet, Request,
+    RestrictedExpression,
+};
+use policy_compiler::attributes::encode_values;
+use policy_compiler::compile::{ResourceKey, Role, DEFAULT_ALLOW_ID};
+use policy_compiler::resources::{Action, MtlsMode};
+use policy_compiler::uri_template::template_matches;
+
+use crate::attrs::{spiffe_trust_domain, Protocol, RequestAttrs, SpiffeError};
+use crate::jwt::{self, AuthnOutcome, JwtError};
+use crate::path::{normalize_path, split_path};
+use crate::snapshot::{PolicyClass, Snapshot, WorkloadState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Allow,
+    Deny,
+    Unauthenticated,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "ALLOW",
+            Verdict::Deny => "DENY",
+            Verdict::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+/// A rule of an Istio resource that took part in the decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyMatch {
+    /// `namespace/name`.
+    pub policy: String,
+    /// `AuthorizationPolicy`, `PeerAuthentication` or `RequestAuthentication`.
+    pub kind: &'static str,
+    /// ALLOW, DENY, AUDIT, CUSTOM for AuthorizationPolicies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<usize>,
+    /// The Cedar policy id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cedar_id: Option<String>,
+}
+
+impl PolicyMatch {
+    fn authz(key: &ResourceKey, action: Action, rule: usize, cedar_id: &str) -> PolicyMatch {
+        PolicyMatch {
+            policy: key.to_string(),
+            kind: "AuthorizationPolicy",
+            action: Some(action.as_str()),
+            rule: Some(rule),
+            cedar_id: Some(cedar_id.to_string()),
+        }
+    }
+
+    fn resource(kind: &'static str, key: &ResourceKey, rule: Option<usize>) -> PolicyMatch {
+        PolicyMatch {
+            policy: key.to_string(),
+            kind,
+            action: None,
+            rule,
+            cedar_id: None,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.action, self.rule) {
+            (Some(a), Some(r)) => write!(f, "{} {} rule {}", a, self.policy, r),
+            (_, Some(r)) => write!(f, "{} {} rule {}", self.kind, self.policy, r),
+            _ => write!(f, "{} {}", self.kind, self.policy),
+        }
+    }
+}
+
+/// Why the verdict is what it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Reason {
+    /// An ALLOW rule matched and no DENY did.
+    AllowMatched,
+    /// No enforced ALLOW policy applies to the workload and no DENY matched.
+    NoAllowPolicy,
+    /// A DENY rule matched.
+    DenyMatched,
+    /// ALLOW policies apply and none matched.
+    NoAllowMatched,
+    /// A CUSTOM rule matched whose provider cannot be used.
+    CustomDenied,
+    /// PeerAuthentication STRICT and the request is plaintext.
+    MtlsRequired,
+    /// The JWT failed RequestAuthentication.
+    Jwt { error: String },
+    /// The destination workload is not known to the snapshot.
+    UnknownWorkload,
+    /// The request cannot be evaluated (e.g. a path Envoy would reject with 400).
+    InvalidRequest { error: String },
+    /// Cedar reported an evaluation error.
+    EvaluationError,
+}
+
+/// Headers a host applies to the request it forwards upstream (RequestAuthentication effects).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HeaderEffects {
+    pub set: Vec<(String, String)>,
+    pub remove: Vec<String>,
+}
+
+/// The verified identity of the request's JWT, for logs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RequestAuth {
+    /// `iss/sub`.
+    pub principal: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Decision {
+    pub verdict: Verdict,
+    #[serde(flatten)]
+    pub reason: Reason,
+    /// The rules (or resources) that decided.
+    pub determining: Vec<PolicyMatch>,
+    /// Dry-run rules that matched; they never change the verdict.
+    pub dry_run: Vec<PolicyMatch>,
+    /// AUDIT rules that matched.
+    pub audit: Vec<PolicyMatch>,
+    /// Delegated CUSTOM rules that matched: the host's provider is consulted for these.
+    pub custom: Vec<PolicyMatch>,
+    pub errors: Vec<String>,
+    pub generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_auth: Option<RequestAuth>,
+    pub upstream: HeaderEffects,
+}
+
+impl Decision {
+    fn new(verdict: Verdict, reason: Reason, generation: u64) -> Decision {
+        Decision {
+            verdict,
+            reason,
+            determining: Vec::new(),
+            dry_run: Vec::new(),
+            audit: Vec::new(),
+            custom: Vec::new(),
+            errors: Vec::new(),
+            generation,
+            request_auth: None,
+            upstream: HeaderEffects::default(),
+        }
+    }
+
+    /// The HTTP status Istio/Envoy would answer: 200 for ALLOW, 401, or 403.
+    pub fn http_status(&self) -> u16 {
+        match self.verdict {
+            Verdict::Allow => 200,
+            Verdict::Unauthenticated => 401,
+            Verdict::Deny => 403,
+        }
+    }
+
+    /// The body Envoy sends with a denial (`RBAC: access denied`) or the JWT failure text.
+    pub fn body(&self) -> &'static str {
+        match (&self.verdict, &self.reason) {
+            (Verdict::Allow, _) => "",
+            (_, Reason::Jwt { .. }) => "Jwt verification fails",
+            _ => "RBAC: access denied",
+        }
+    }
+}
+
+/// Decides one request against one snapshot.
+pub fn decide(snapshot: &Snapshot, req: &RequestAttrs) -> Decision {
+    let generation = snapshot.generation;
+    let Some(state) = snapshot.workloads.get(&req.workload) else {
+        let mut d = Decision::new(Verdict::Deny, Reason::UnknownWorkload, generation);
+        d.errors.push(format!("unknown workload `{}`", req.workload));
+        return d;
+    };
+    let Some(class) = snapshot.classes.get(state.class) else {
+        return internal_error(generation, "workload class missing");
+    };
+
+    // Peer identity: only a well-formed SPIFFE ID counts.
+    let mut principal = match &req.source_principal {
+        None => None,
+        Some(p) if p.is_empty() => None,
+        Some(p) => match spiffe_trust_domain(p) {
+            Ok(_) => Some(p.as_str()),
+            Err(SpiffeError::NotSpiffe) => None,
+            Err(SpiffeError::Malformed) => {
+                let mut d = Decision::new(
+                    Verdict::Deny,
+                    Reason::InvalidRequest {
+                        error: format!("peer identity `{p}` is not a well-formed SPIFFE ID"),
+                    },
+                    generation,
+                );
+                d.errors.push("malformed peer SPIFFE ID".into());
+                return d;
+            }
+        },
+    };
+
+    // PeerAuthentication.
+    let (mode, pa) = state.mtls.mode(req.destination_port);
+    match mode {
+        MtlsMode::Strict if principal.is_none() => {
+            let mut d = Decision::new(Verdict::Deny, Reason::MtlsRequired, generation);
+            d.determining
+                .extend(pa.map(|k| PolicyMatch::resource("PeerAuthentication", k, None)));
+            return d;
+        }
+        // "DISABLE: the connection is not tunneled": there is never a peer identity.
+        MtlsMode::Disable => principal = None,
+        _ => {}
+    }
+
+    let mut http = None;
+    if req.protocol == Protocol::Http {
+        match normalize_path(&req.path, snapshot.compiled.mesh.path_normalization) {
+            Ok(p) => http = Some(p),
+            Err(e) => {
+                return Decision::new(
+                    Verdict::Deny,
+                    Reason::InvalidRequest {
+                        error: format!("path `{}`: {e}", req.path),
+                    },
+                    generation,
+                )
+            }
+        }
+    }
+
+    let inputs = ContextInputs {
+        req,
+        principal,
+        normalized_path: http.as_deref(),
+        claims: None,
+    };
+
+    // CUSTOM rules that cannot be delegated deny before authentication runs.
+    let custom_denial = |inputs: &ContextInputs<'_>| -> Option<Decision> {
+        let set = class.custom_deny.as_ref()?;
+        let request = match build_request(snapshot, state, inputs) {
+            Ok(r) => r,
+            Err(e) => return Some(internal_error(generation, &e)),
+        };
+        let resp = Authorizer::new().is_authorized(&request, set, &snapshot.entities);
+        let matched: Vec<PolicyMatch> = resp
+            .diagnostics()
+            .reason()
+            .filter_map(|id| policy_match(snapshot, id.as_ref()))
+            .collect();
+        (!matched.is_empty()).then(|| {
+            let mut d = Decision::new(Verdict::Deny, Reason::CustomDenied, generation);
+            d.determining = matched;
+            d
+        })
+    };
+
+    // RequestAuthentication.
+    let mut claims = None;
+    let mut request_auth = None;
+    let mut upstream = HeaderEffects::default();
+    if req.protocol == Protocol::Http && !state.providers.is_empty() {
+        match authenticate(snapshot, state, req) {
+            Ok(None) => {}
+            Ok(Some(v)) => {
+                request_auth = v.principal.map(|principal| RequestAuth { principal });
+                upstream = v.upstream;
+                claims = Some(v.claims);
+            }
+            Err((error, source)) => {
+                if let Some(d) = custom_denial(&inputs) {
+                    return d;
+                }
+                let verdict = if error.status() == 403 {
+                    Verdict::Deny
+                } else {
+                    Verdict::Unauthenticated
+                };
+                let mut d = Decision::new(
+                    verdict,
+                    Reason::Jwt {
+                        error: error.body().to_string(),
+                    },
+                    generation,
+                );
+                d.errors.push(error.to_string());
+                d.determining.extend(source);
+                return d;
+            }
+        }
+    }
+    let inputs = ContextInputs {
+        claims: claims.as_ref(),
+        ..inputs
+    };
+
+    let request = match build_request(snapshot, state, &inputs) {
+        Ok(r) => r,
+        Err(e) => return internal_error(generation, &e),
+    };
+    let authorizer = Authorizer::new();
+    let resp = authorizer.is_authorized(&request, &class.enforced, &snapshot.entities);
+    let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
+    let reasons: Vec<&str> = resp.diagnostics().reason().map(|id| id.as_ref()).collect();
+
+    let mut d = if !errors.is_empty() {
+        // Cedar skips a policy that errors; for a forbid that would open access. Deny instead.
+        let mut d = Decision::new(Verdict::Deny, Reason::EvaluationError, generation);
+        d.errors = errors;
+        d
+    } else if resp.decision() == CedarDecision::Allow {
+        let default_only = reasons.iter().all(|r| *r == DEFAULT_ALLOW_ID);
+        let mut d = Decision::new(
+            Verdict::Allow,
+            if default_only { Reason::NoAllowPolicy } else { Reason::AllowMatched },
+            generation,
+        );
+        d.determining = reasons.iter().filter_map(|r| policy_match(snapshot, r)).collect();
+        d
+    } else if reasons.is_empty() {
+        let mut d = Decision::new(Verdict::Deny, Reason::NoAllowMatched, generation);
+        d.determining = allow_policies(snapshot, class);
+        d
+    } else {
+        let custom = reasons.iter().any(|r| {
+            snapshot.policy_meta(r).is_some_and(|m| m.role == Role::CustomDeny)
+        });
+        let mut d = Decision::new(
+            Verdict::Deny,
+            if custom { Reason::CustomDenied } else { Reason::DenyMatched },
+            generation,
+        );
+        d.determining = reasons.iter().filter_map(|r| policy_match(snapshot, r)).collect();
+        d
+    };
+
+    observe(snapshot, class, &request, &mut d);
+    if d.verdict == Verdict::Allow {
+        d.request_auth = request_auth;
+        d.upstream = upstream;
+    } else {
+        d.request_auth = request_auth;
+    }
+    d
+}
+
+fn internal_error(generation: u64, message: &str) -> Decision {
+    let mut d = Decision::new(Verdict::Deny, Reason::EvaluationError, generation);
+    d.errors.push(message.to_string());
+    d
+}
+
+fn policy_match(snapshot: &Snapshot, id: &str) -> Option<PolicyMatch> {
+    let m = snapshot.policy_meta(id)?;
+    Some(PolicyMatch::authz(&m.key, m.action, m.rule, id))
+}
+
+/// The enforced ALLOW policies of a class: "none of these matched".
+fn allow_policies(snapshot: &Snapshot, class: &PolicyClass) -> Vec<PolicyMatch> {
+    class
+        .applicable
+        .iter()
+        .filter_map(|i| snapshot.authz(*i))
+        .filter(|ap| ap.is_enforced_allow())
+        .map(|ap| PolicyMatch {
+            policy: ap.key.to_string(),
+            kind: "AuthorizationPolicy",
+            action: Some("ALLOW"),
+            rule: None,
+            cedar_id: None,
+        })
+        .collect()
+}
+
+/// Evaluates dry-run, AUDIT and delegated CUSTOM rules; they never change the verdict.
+fn observe(snapshot: &Snapshot, class: &PolicyClass, request: &Request, d: &mut Decision) {
+    let authorizer = Authorizer::new();
+    let mut matched = |set: &PolicySet, d: &mut Decision| {
+        let resp = authorizer.is_authorized(request, set, &snapshot.entities);
+        for e in resp.diagnostics().errors() {
+            d.errors.push(format!("observed policy: {e}"));
+        }
+        for id in resp.diagnostics().reason() {
+            let Some(m) = snapshot.policy_meta(id.as_ref()) else { continue };
+            let pm = PolicyMatch::authz(&m.key, m.action, m.rule, id.as_ref());
+            match m.role {
+                Role::Audit => d.audit.push(pm),
+                Role::DryRunAllow | Role::DryRunDeny => d.dry_run.push(pm),
+                Role::CustomDelegate => d.custom.push(pm),
+                _ => {}
+            }
+        }
+    };
+    if let Some(set) = &class.observed {
+        matched(set, d);
+    }
+    if let Some(set) = &class.observed_deny {
+        matched(set, d);
+    }
+}
+
+struct Verified {
+    claims: serde_json::Map<String, serde_json::Value>,
+    principal: Option<String>,
+    upstream: HeaderEffects,
+}
+
+type JwtFailure = (JwtError, Option<PolicyMatch>);
+
+/// RequestAuthentication for one request. `Ok(None)`: no token (allowed to continue).
+fn authenticate(
+    snapshot: &Snapshot,
+    state: &WorkloadState,
+    req: &RequestAttrs,
+) -> Result<Option<Verified>, JwtFailure> {
+    let providers = state.providers.as_slice();
+    let source = |i: usize| {
+        providers
+            .get(i)
+            .map(|p| PolicyMatch::resource("RequestAuthentication", &p.source, Some(p.rule)))
+    };
+    if let Some(claims) = &req.verified_claims {
+        // Verified upstream (Envoy jwt_authn): the issuer must still be one of ours.
+        let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
+        let Some(i) = providers.iter().position(|p| p.issuer == iss) else {
+            return Err((JwtError::IssuerNotConfigured(iss.to_string()), None));
+        };
+        let provider = &providers[i];
+        if !provider.audiences.is_empty() && !audience_ok(claims, &provider.audiences) {
+            return Err((JwtError::AudienceNotAllowed, source(i)));
+        }
+        let mut claims = claims.clone();
+        jwt::normalize_claims(&mut claims, &provider.space_delimited_claims);
+        return Ok(Some(Verified {
+            principal: principal_of(&claims),
+            claims,
+            upstream: HeaderEffects::default(),
+        }));
+    }
+    let (_, query) = split_path(&req.path);
+    let keys = |i: usize| providers.get(i).and_then(|p| snapshot.keys_for(p));
+    match jwt::authenticate(providers, &keys, &req.method, &req.headers, query, req.now) {
+        AuthnOutcome::NoToken => Ok(None),
+        AuthnOutcome::Failed { error, .. } => Err((error, None)),
+        AuthnOutcome::Verified {
+            provider,
+            claims,
+            tokens,
+            payload,
+        } => {
+            let Some(p) = providers.get(provider) else {
+                return Err((JwtError::Malformed("provider index".into()), None));
+            };
+            let (set, remove) = jwt::upstream_headers(p, &claims, &payload, &tokens);
+            let mut claims = claims;
+            jwt::normalize_claims(&mut claims, &p.space_delimited_claims);
+            Ok(Some(Verified {
+                principal: principal_of(&claims),
+                claims,
+                upstream: HeaderEffects { set, remove },
+            }))
+        }
+    }
+}
+
+fn principal_of(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let iss = claims.get("iss")?.as_str()?;
+    let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
+    Some(format!("{iss}/{sub}"))
+}
+
+fn audience_ok(claims: &serde_json::Map<String, serde_json::Value>, allowed: &[String]) -> bool {
+    match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => allowed.contains(a),
+        Some(serde_json::Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str())
+            .any(|a| allowed.iter().any(|x| x == a)),
+        _ => false,
+    }
+}
+
+struct ContextInputs<'a> {
+    req: &'a RequestAttrs,
+    principal: Option<&'a str>,
+    normalized_path: Option<&'a str>,
+    claims: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+fn s(v: impl Into<String>) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.into())
+}
+
+/// The Cedar request: principal `Mesh::Peer::"<spiffe id>"`, the workload as resource, and the
+/// context laid out in `policy_compiler::attributes`.
+fn build_request(
+    snapshot: &Snapshot,
+    state: &WorkloadState,
+    inputs: &ContextInputs<'_>,
+) -> Result<Request, String> {
+    let req = inputs.req;
+    let vocab = &snapshot.compiled.vocabulary;
+    let mesh = &snapshot.compiled.mesh;
+    let record = |fields: Vec<(String, RestrictedExpression)>| {
+        RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
+    };
+
+    let mut source = Vec::new();
+    if let Some(p) = inputs.principal {
+        source.push(("principal".to_string(), s(p)));
+        if let Ok(td) = spiffe_trust_domain(p) {
+            source.push(("trustDomain".to_string(), s(td)));
+        }
+    }
+    if let Some(ip) = req.source_ip {
+        source.push(("ip".to_string(), RestrictedExpression::new_ip(ip.to_string())));
+    }
+    let mut pairs = vec![("source".to_string(), record(source)?)];
+
+    let remote = req.remote_ip.or_else(|| {
+        let n = mesh.num_trusted_proxies as usize;
+        if n == 0 {
+            return req.source_ip;
+        }
+        let hops: Vec<&str> = req
+            .header_values("x-forwarded-for")
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .collect();
+        // "the trusted client address is the Nth address from the right end of XFF"
+        hops.len()
+            .checked_sub(n)
+            .and_then(|i| hops.get(i))
+            .and_then(|h| h.parse().ok())
+            .or(req.source_ip)
+    });
+    if let Some(ip) = remote {
+        pairs.push(("remoteIp".to_string(), RestrictedExpression::new_ip(ip.to_string())));
+    }
+    let mut destination = vec![(
+        "port".to_string(),
+        RestrictedExpression::new_long(i64::from(req.destination_port)),
+    )];
+    if let Some(ip) = req.destination_ip {
+        destination.push(("ip".to_string(), RestrictedExpression::new_ip(ip.to_string())));
+    }
+    pairs.push(("destination".to_string(), record(destination)?));
+    if let Some(sni) = req.sni.as_deref().filter(|s| !s.is_empty()) {
+        pairs.push(("sni".to_string(), s(sni)));
+    }
+
+    if let (Protocol::Http, Some(path)) = (req.protocol, inputs.normalized_path) {
+        let mut headers = Vec::new();
+        for name in &vocab.headers {
+            let synthesized;
+            let values: Vec<&str> = match name.as_str() {
+                ":method" => vec![req.method.as_str()],
+                ":authority" | "host" if req.header_values(name).next().is_none() => {
+                    vec![req.host.as_str()]
+                }
+                ":path" => {
+                    let (_, query) = split_path(&req.path);
+                    synthesized = match query {
+                        Some(q) => format!("{path}?{q}"),
+                        None => path.to_string(),
+                    };
+                    vec![synthesized.as_str()]
+                }
+                _ => req.header_values(name).collect(),
+            };
+            if values.is_empty() {
+                continue;
+            }
+            if let Some(enc) = encode_values(values, false) {
+                headers.push((name.clone(), s(enc)));
+            }
+        }
+        let templates = vocab
+            .templates
+            .iter()
+            .filter(|t| template_matches(t, path))
+            .map(|t| s(t.as_str()));
+        let http = vec![
+            ("host".to_string(), s(req.host.to_ascii_lowercase())),
+            ("method".to_string(), s(req.method.as_str())),
+            ("path".to_string(), s(path)),
+            ("headers".to_string(), record(headers)?),
+            ("pathTemplates".to_string(), RestrictedExpression::new_set(templates)),
+        ];
+        pairs.push(("http".to_string(), record(http)?));
+
+        if let Some(claims) = inputs.claims {
+            let mut jwt = Vec::new();
+            for name in ["iss", "sub", "azp"] {
+                if let Some(v) = claims.get(name).and_then(|v| v.as_str()) {
+                    jwt.push((name.to_string(), s(v)));
+                }
+            }
+            if let Some(aud) = claims.get("aud").and_then(|v| string_elements(v)) {
+                if let Some(enc) = encode_values(aud.iter().map(String::as_str), true) {
+                    jwt.push(("aud".to_string(), s(enc)));
+                }
+            }
+            let mut claim_fields = Vec::new();
+            for (attr, path) in &vocab.claims {
+                let value = path
+                    .iter()
+                    .try_fold(None::<&serde_json::Value>, |cur, part| match cur {
+                        None => claims.get(part).map(Some),
+                        Some(v) => v.get(part).map(Some),
+                    })
+                    .flatten();
+                if let Some(values) = value.and_then(string_elements) {
+                    if let Some(enc) = encode_values(values.iter().map(String::as_str), true) {
+                        claim_fields.push((attr.clone(), s(enc)));
+                    }
+                }
+            }
+            jwt.push(("claims".to_string(), record(claim_fields)?));
+            pairs.push(("jwt".to_string(), record(jwt)?));
+        }
+    }
+
+    let mut metadata = Vec::new();
+    for (attr, (filter, key)) in &vocab.metadata {
+        let value = req.metadata.get(filter).and_then(|m| m.get(key));
+        if let Some(values) = value.and_then(string_elements) {
+            if let Some(enc) = encode_values(values.iter().map(String::as_str), true) {
+                metadata.push((attr.clone(), s(enc)));
+            }
+        }
+    }
+    pairs.push(("metadata".to_string(), record(metadata)?));
+
+    let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+    let principal = EntityUid::from_type_name_and_id(
+        snapshot.peer_type.clone(),
+        EntityId::new(inputs.principal.unwrap_or_default()),
+    );
+    Request::new(principal, snapshot.action.clone(), state.uid.clone(), context, None)
+        .map_err(|e| e.to_string())
+}
+
+/// A claim as a list of strings: a string is one element, a list keeps its string elements;
+/// numbers, booleans and objects never match (istio/istio#39703).
+fn string_elements(v: &serde_json::Value) -> Option<Vec<String>> {
+    match v {
+        serde_json::Value::String(s) => Some(vec![s.clone()]),
+        serde_json::Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// A field-level explanation of one rule (for `meshauthz check`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RuleExplanation {
+    pub policy: String,
+    pub action: &'static str,
+    pub dry_run: bool,
+    pub rule: usize,
+    pub source: String,
+    /// Whether the whole rule matched (`None`: could not be evaluated).
+    pub matched: Option<bool>,
+    /// (condition label, whether it held); `None` when it could not be evaluated.
+    pub conditions: Vec<(String, Option<bool>)>,
+}
+
+/// Explains which conditions of each applicable rule held for `req` (same context as
+/// [`decide`], JWT claims included when valid). Not on the request path.
+pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> {
+    let Some(state) = snapshot.workloads.get(&req.workload) else {
+        return Vec::new();
+    };
+    let Some(class) = snapshot.classes.get(state.class) else {
+        return Vec::new();
+    };
+    let principal = req
+        .source_principal
+        .as_deref()
+        .filter(|p| spiffe_trust_domain(p).is_ok());
+    let (mode, _) = state.mtls.mode(req.destination_port);
+    let principal = if mode == MtlsMode::Disable { None } else { principal };
+    let path = if req.protocol == Protocol::Http {
+        normalize_path(&req.path, snapshot.compiled.mesh.path_normalization).ok()
+    } else {
+        None
+    };
+    let claims = if req.protocol == Protocol::Http && !state.providers.is_empty() {
+        authenticate(snapshot, state, req).ok().flatten().map(|v| v.claims)
+    } else {
+        None
+    };
+    let inputs = ContextInputs {
+        req,
+        principal,
+        normalized_path: path.as_deref(),
+        claims: claims.as_ref(),
+    };
+    let Ok(request) = build_request(snapshot, state, &inputs) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut cache: BTreeMap<String, Option<bool>> = BTreeMap::new();
+    for i in &class.applicable {
+        let Some(ap) = snapshot.authz(*i) else { continue };
+        for rule in &ap.rules {
+            let conditions = rule
+                .conditions
+                .iter()
+                .map(|c| {
+                    let v = cache
+                        .entry(c.cedar.clone())
+                        .or_insert_with(|| eval_bool(snapshot, &request, &c.cedar))
+                        .to_owned();
+                    (c.label.clone(), v)
+                })
+                .collect();
+            let whole = if req.protocol == Protocol::Http {
+                &rule.http_condition
+            } else {
+                &rule.tcp_condition
+            };
+            out.push(RuleExplanation {
+                matched: eval_bool(snapshot, &request, whole),
+                policy: ap.key.to_string(),
+                action: ap.action.as_str(),
+                dry_run: ap.dry_run,
+                rule: rule.index,
+                source: format!("{}:{}", ap.origin.file, rule.line),
+                conditions,
+            });
+        }
+    }
+    out
+}
+
+fn eval_bool(snapshot: &Snapshot, request: &Request, expr: &str) -> Option<bool> {
+    let e: cedar_policy::Expression = expr.parse().ok()?;
+    match cedar_policy::eval_expression(request, &snapshot.entities, &e).ok()? {
+        cedar_policy::EvalResult::Bool(b) => Some(b),
+        _ => None,
+    }
+}

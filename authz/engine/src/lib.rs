@@ -1,0 +1,16 @@
+//! The meshauthz decision engine: `decide(&Snapshot, &RequestAttrs) -> Decision`.
+//!
+//! Pure and synchronous: no tokio, no I/O, no clock. The only code that calls Cedar's
+//! `Authorizer`. Hosts build [`RequestAttrs`], hold an `Arc<Snapshot>` and call [`decide`].
+#![warn(missing_docs)]
+#![allow(missing_docs, reason = "documented at module level; item docs where they say more than the name")]
+
+pub mod attrs;
+pub mod decide;
+pub mod jwt;
+pub mod path;
+pub mod snapshot;
+
+pub use attrs::{Protocol, RequestAttrs};
+pub use decide::{decide, explain, Decision, PolicyMatch, Reason, Verdict};
+pub use snapshot::{Snapshot, SnapshotError};

@@ -1,0 +1,409 @@
+//! `Snapshot`: one immutable, indexed generation of compiled policy. Built off the request path,
+//! shared by `Arc`, swapped whole by hosts.
+//!
+//! State owned: the Cedar entities (one `Mesh::Workload` per workload, labels as tags), the
+//! per-workload tables (policy class, PeerAuthentication modes, JWT providers) and the policy
+//! classes: workloads with the same applicable AuthorizationPolicies share one set of compiled
+//! Cedar policy sets, so thousands of workloads cost a handful of sets.
+//!
+//! ```text
+//! workload "foo/httpbin" --> WorkloadState { class, mtls, jwt providers }
+//!                                             |
+//!                 classes[class] = { enforced, observed, observed_deny, custom_deny }
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    RestrictedExpression,
+};
+use policy_compiler::compile::{
+    AuthzPolicy, JwtProvider, PeerAuthn, PeerLevel, ResourceKey, Role, DEFAULT_ALLOW_ID,
+};
+use policy_compiler::resources::{Action, MtlsMode};
+use policy_compiler::schema::NAMESPACE;
+use policy_compiler::{Compiled, Workload};
+
+use crate::jwt::KeySet;
+
+/// What a snapshot could not be built from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot build the policy snapshot: {0}")]
+pub struct SnapshotError(pub String);
+
+/// Identifies a Cedar policy's origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyMeta {
+    pub key: ResourceKey,
+    pub action: Action,
+    pub rule: usize,
+    pub role: Role,
+}
+
+/// The Cedar policy sets of one class of workloads.
+#[derive(Debug, Clone)]
+pub(crate) struct PolicyClass {
+    /// Enforced: DENY and unusable-CUSTOM forbids, ALLOW permits, and the Istio default permit
+    /// when no enforced ALLOW policy applies.
+    pub enforced: PolicySet,
+    /// Only the CUSTOM forbids, which Istio evaluates before authentication.
+    pub custom_deny: Option<PolicySet>,
+    /// Observed permits: AUDIT, dry-run ALLOW, delegated CUSTOM.
+    pub observed: Option<PolicySet>,
+    /// Observed forbids: dry-run DENY.
+    pub observed_deny: Option<PolicySet>,
+    /// Indexes into `Snapshot::authorization` of the applicable policies.
+    pub applicable: Vec<usize>,
+    pub has_enforced_allow: bool,
+}
+
+/// PeerAuthentication applying to one workload, per level (the oldest at each level).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PeerMtls {
+    pub workload: Option<(ResourceKey, MtlsMode, BTreeMap<u16, MtlsMode>)>,
+    pub namespace: Option<(ResourceKey, MtlsMode)>,
+    pub mesh: Option<(ResourceKey, MtlsMode)>,
+}
+
+impl PeerMtls {
+    /// The effective mode on `port` and the PeerAuthentication that set it ("UNSET inherits";
+    /// nothing set means PERMISSIVE).
+    pub fn mode(&self, port: u16) -> (MtlsMode, Option<&ResourceKey>) {
+        if let Some((key, mode, ports)) = &self.workload {
+            if let Some(m) = ports.get(&port).filter(|m| **m != MtlsMode::Unset) {
+                return (*m, Some(key));
+            }
+            if *mode != MtlsMode::Unset {
+                return (*mode, Some(key));
+            }
+        }
+        for (key, mode) in [&self.namespace, &self.mesh].into_iter().flatten() {
+            if *mode != MtlsMode::Unset {
+                return (*mode, Some(key));
+            }
+        }
+        (MtlsMode::Permissive, None)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct WorkloadState {
+    pub workload: Workload,
+    pub uid: EntityUid,
+    pub class: usize,
+    pub mtls: PeerMtls,
+    /// JWT providers of every RequestAuthentication selecting the workload, sorted by issuer
+    /// (shared between workloads with the same RequestAuthentications).
+    pub providers: Arc<Vec<JwtProvider>>,
+}
+
+/// One generation of compiled, indexed policy.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub(crate) compiled: Arc<Compiled>,
+    pub(crate) entities: Arc<Entities>,
+    pub(crate) workloads: Arc<HashMap<String, WorkloadState>>,
+    pub(crate) classes: Arc<Vec<PolicyClass>>,
+    pub(crate) meta: Arc<HashMap<String, PolicyMeta>>,
+    /// Keys of inline `jwks`, by provider (source key, rule index).
+    pub(crate) inline_keys: Arc<HashMap<(ResourceKey, usize), Arc<KeySet>>>,
+    /// Keys fetched from `jwksUri` by the host, by URI. Replaced with [`Snapshot::with_remote_keys`].
+    pub(crate) remote_keys: Arc<HashMap<String, Arc<KeySet>>>,
+    pub(crate) action: EntityUid,
+    pub(crate) peer_type: EntityTypeName,
+}
+
+fn type_name(name: &str) -> Result<EntityTypeName, SnapshotError> {
+    EntityTypeName::from_str(&format!("{NAMESPACE}::{name}"))
+        .map_err(|e| SnapshotError(format!("bad entity type `{name}`: {e}")))
+}
+
+impl Snapshot {
+    /// Indexes a compiled policy set. `generation` is chosen by the host (monotonic).
+    pub fn build(compiled: Compiled, generation: u64) -> Result<Snapshot, SnapshotError> {
+        let workload_type = type_name("Workload")?;
+        let namespace_type = type_name("Namespace")?;
+        let action = EntityUid::from_str(&format!("{NAMESPACE}::Action::\"check\""))
+            .map_err(|e| SnapshotError(format!("bad action: {e}")))?;
+        let default_allow = Policy::parse(
+            Some(PolicyId::new(DEFAULT_ALLOW_ID)),
+            "@note(\"Istio: if there are no ALLOW policies for the workload, allow the request\")\npermit (principal, action, resource);",
+        )
+        .map_err(|e| SnapshotError(e.to_string()))?;
+
+        let mut meta = HashMap::new();
+        for ap in &compiled.authorization {
+            for p in &ap.policies {
+                meta.insert(
+                    p.id.clone(),
+                    PolicyMeta {
+                        key: ap.key.clone(),
+                        action: ap.action,
+                        rule: p.rule,
+                        role: p.role,
+                    },
+                );
+            }
+        }
+
+        // Entities: namespaces and workloads.
+        let mut entities = Vec::new();
+        let mut namespaces: Vec<&str> = compiled.workloads.iter().map(|w| w.namespace.as_str()).collect();
+        namespaces.sort_unstable();
+        namespaces.dedup();
+        for ns in &namespaces {
+            let uid = EntityUid::from_type_name_and_id(namespace_type.clone(), EntityId::new(*ns));
+            entities.push(Entity::new_no_attrs(uid, Default::default()));
+        }
+
+        let mut classes: Vec<PolicyClass> = Vec::new();
+        let mut class_index: HashMap<(Vec<usize>, bool), usize> = HashMap::new();
+        let mut workloads = HashMap::new();
+        let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
+        for w in &compiled.workloads {
+            let uid = EntityUid::from_type_name_and_id(workload_type.clone(), EntityId::new(w.key()));
+            let parent = EntityUid::from_type_name_and_id(namespace_type.clone(), EntityId::new(&w.namespace));
+            let mut attrs = vec![
+                ("namespace".to_string(), RestrictedExpression::new_string(w.namespace.clone())),
+                ("name".to_string(), RestrictedExpression::new_string(w.name.clone())),
+                ("serviceAccount".to_string(), RestrictedExpression::new_string(w.service_account.clone())),
+                (
+                    "services".to_string(),
+                    RestrictedExpression::new_set(w.services.iter().map(|s| RestrictedExpression::new_string(s.clone()))),
+                ),
+            ];
+            if let Some(g) = &w.gateway {
+                attrs.push(("gateway".to_string(), RestrictedExpression::new_string(g.clone())));
+            }
+            let tags = w
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+            let entity = Entity::new_with_tags(uid.clone(), attrs, [parent], tags)
+                .map_err(|e| SnapshotError(format!("workload `{}`: {e}", w.key())))?;
+            entities.push(entity);
+
+            let applicable: Vec<usize> = compiled
+                .authorization
+                .iter()
+                .enumerate()
+                .filter(|(_, ap)| ap.scope.applies_to(w))
+                .map(|(i, _)| i)
+                .collect();
+            // "At most one provider per workload": with CUSTOM policies naming two providers,
+            // Istio denies every request matching any CUSTOM rule.
+            let mut providers: Vec<&str> = applicable
+                .iter()
+                .filter_map(|i| compiled.authorization[*i].provider.as_ref().map(|p| p.0.as_str()))
+                .collect();
+            providers.sort_unstable();
+            providers.dedup();
+            let conflicting = providers.len() > 1;
+            let key = (applicable, conflicting);
+            let class = match class_index.get(&key) {
+                Some(c) => *c,
+                None => {
+                    let class = build_class(&compiled.authorization, &key.0, conflicting, &default_allow)?;
+                    classes.push(class);
+                    class_index.insert(key, classes.len() - 1);
+                    classes.len() - 1
+                }
+            };
+            let ras: Vec<usize> = compiled
+                .request
+                .iter()
+                .enumerate()
+                .filter(|(_, ra)| ra.scope.applies_to(w))
+                .map(|(i, _)| i)
+                .collect();
+            let jwt = provider_lists
+                .entry(ras)
+                .or_insert_with_key(|ras| {
+                    let mut list: Vec<JwtProvider> = ras
+                        .iter()
+                        .filter_map(|i| compiled.request.get(*i))
+                        .flat_map(|ra| ra.providers.iter().cloned())
+                        .collect();
+                    list.sort_by(|a, b| {
+                        a.issuer.cmp(&b.issuer).then(a.source.cmp(&b.source)).then(a.rule.cmp(&b.rule))
+                    });
+                    Arc::new(list)
+                })
+                .clone();
+            workloads.insert(
+                w.key(),
+                WorkloadState {
+                    workload: w.clone(),
+                    uid,
+                    class,
+                    mtls: peer_mtls(&compiled.peer, w),
+                    providers: jwt,
+                },
+            );
+        }
+        let entities = Entities::from_entities(entities, Some(&compiled.schema))
+            .map_err(|e| SnapshotError(format!("entities: {e}")))?;
+
+        let mut inline_keys = HashMap::new();
+        for ra in &compiled.request {
+            for p in &ra.providers {
+                if let Some(jwks) = &p.jwks {
+                    // Validation already parsed it; without keys that issuer's tokens fail (401),
+                    // as with Istio's PublicOnlyJwks.
+                    if let Ok(set) = KeySet::parse(jwks) {
+                        inline_keys.insert((p.source.clone(), p.rule), Arc::new(set));
+                    }
+                }
+            }
+        }
+
+        Ok(Snapshot {
+            generation,
+            compiled: Arc::new(compiled),
+            entities: Arc::new(entities),
+            workloads: Arc::new(workloads),
+            classes: Arc::new(classes),
+            meta: Arc::new(meta),
+            inline_keys: Arc::new(inline_keys),
+            remote_keys: Arc::new(HashMap::new()),
+            action,
+            peer_type: type_name("Peer")?,
+        })
+    }
+
+    /// The same snapshot with other `jwksUri` keys: cheap (every table is shared), so a host can
+    /// publish fresh keys without recompiling policy.
+    pub fn with_remote_keys(&self, keys: HashMap<String, Arc<KeySet>>) -> Snapshot {
+        Snapshot {
+            remote_keys: Arc::new(keys),
+            ..self.clone()
+        }
+    }
+
+    pub fn compiled(&self) -> &Compiled {
+        &self.compiled
+    }
+
+    /// Every `jwksUri` the policies name, with the fetch timeout Istio would use.
+    pub fn jwks_uris(&self) -> Vec<(String, std::time::Duration)> {
+        let mut out: Vec<(String, std::time::Duration)> = Vec::new();
+        for p in self.compiled.request.iter().flat_map(|r| &r.providers) {
+            if let Some(uri) = &p.jwks_uri {
+                if !out.iter().any(|(u, _)| u == uri) {
+                    out.push((uri.clone(), p.fetch_timeout));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn workload(&self, key: &str) -> Option<&Workload> {
+        self.workloads.get(key).map(|w| &w.workload)
+    }
+
+    /// Workloads whose `ips` include `ip` (the ext_authz destination lookup).
+    pub fn workloads_by_ip(&self, ip: IpAddr) -> Vec<&Workload> {
+        let mut out: Vec<&Workload> = self
+            .workloads
+            .values()
+            .map(|w| &w.workload)
+            .filter(|w| w.ips.contains(&ip))
+            .collect();
+        out.sort_by_key(|w| w.key());
+        out
+    }
+
+    /// Number of distinct policy classes (for metrics and benchmarks).
+    pub fn class_count(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub fn policy_meta(&self, id: &str) -> Option<&PolicyMeta> {
+        self.meta.get(id)
+    }
+
+    pub(crate) fn keys_for(&self, p: &JwtProvider) -> Option<Arc<KeySet>> {
+        if p.jwks.is_some() {
+            return self.inline_keys.get(&(p.source.clone(), p.rule)).cloned();
+        }
+        p.jwks_uri.as_ref().and_then(|u| self.remote_keys.get(u).cloned())
+    }
+
+    pub(crate) fn authz(&self, index: usize) -> Option<&AuthzPolicy> {
+        self.compiled.authorization.get(index)
+    }
+}
+
+fn build_class(
+    all: &[AuthzPolicy],
+    applicable: &[usize],
+    conflicting: bool,
+    default_allow: &Policy,
+) -> Result<PolicyClass, SnapshotError> {
+    let mut enforced = PolicySet::new();
+    let mut custom_deny = PolicySet::new();
+    let mut observed = PolicySet::new();
+    let mut observed_deny = PolicySet::new();
+    let mut has_enforced_allow = false;
+    let add = |set: &mut PolicySet, p: &Policy| {
+        set.add(p.clone())
+            .map_err(|e| SnapshotError(format!("policy `{}`: {e}", p.id())))
+    };
+    for i in applicable {
+        let Some(ap) = all.get(*i) else { continue };
+        has_enforced_allow |= ap.is_enforced_allow();
+        let usable_provider = matches!(ap.provider, Some((_, Some(_)))) && !conflicting;
+        for p in &ap.policies {
+            match p.role {
+                Role::Allow | Role::Deny => add(&mut enforced, &p.policy)?,
+                Role::CustomDeny if !usable_provider => {
+                    add(&mut enforced, &p.policy)?;
+                    add(&mut custom_deny, &p.policy)?;
+                }
+                Role::CustomDeny => {}
+                Role::CustomDelegate if usable_provider => add(&mut observed, &p.policy)?,
+                Role::CustomDelegate => {}
+                Role::Audit | Role::DryRunAllow => add(&mut observed, &p.policy)?,
+                Role::DryRunDeny => add(&mut observed_deny, &p.policy)?,
+            }
+        }
+    }
+    // "If there are no ALLOW policies for the workload, allow the request." An ALLOW policy
+    // whose rules were all dropped still counts, so it denies everything.
+    if !has_enforced_allow {
+        add(&mut enforced, default_allow)?;
+    }
+    let non_empty = |s: PolicySet| (!s.is_empty()).then_some(s);
+    Ok(PolicyClass {
+        enforced,
+        custom_deny: non_empty(custom_deny),
+        observed: non_empty(observed),
+        observed_deny: non_empty(observed_deny),
+        applicable: applicable.to_vec(),
+        has_enforced_allow,
+    })
+}
+
+/// Picks the PeerAuthentication of each level for `w`: "the oldest (creationTimestamp) wins"
+/// within a level; a missing timestamp sorts after every real one, then by namespace/name.
+fn peer_mtls(all: &[PeerAuthn], w: &Workload) -> PeerMtls {
+    let pick = |level: PeerLevel| {
+        all.iter()
+            .filter(|p| p.level == level && p.scope.applies_to(w))
+            .min_by(|a, b| {
+                let ta = a.created.as_deref().unwrap_or("\u{10FFFF}");
+                let tb = b.created.as_deref().unwrap_or("\u{10FFFF}");
+                ta.cmp(tb).then(a.key.cmp(&b.key))
+            })
+    };
+    PeerMtls {
+        workload: pick(PeerLevel::Workload).map(|p| (p.key.clone(), p.mode, p.port_modes.clone())),
+        namespace: pick(PeerLevel::Namespace).map(|p| (p.key.clone(), p.mode)),
+        mesh: pick(PeerLevel::Mesh).map(|p| (p.key.clone(), p.mode)),
+    }
+}

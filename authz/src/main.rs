@@ -1,0 +1,152 @@
+//! `meshauthz`: the policy dry-run CLI (`test`, `check`, `compile`, `validate`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod check;
+mod sources;
+mod testfile;
+
+#[derive(Debug, Parser)]
+#[command(name = "meshauthz", version, about = "Istio security policies compiled to Cedar and enforced: dry-run CLI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CompileFormat {
+    Cedar,
+    Json,
+    Schema,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check that every resource is valid (Istio's admission rules). Exit 0 valid, 1 invalid.
+    Validate {
+        /// Files or directories of YAML (`-` for standard input).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the Cedar policies that would be enforced, sorted, with their provenance.
+    Compile {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// Mesh settings and workloads (the `mesh:` and `workloads:` sections of a test file).
+        #[arg(long)]
+        mesh: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "cedar")]
+        output: CompileFormat,
+    },
+    /// Would this request be allowed, and by which rule? Exit 0 ALLOW, 2 DENY/UNAUTHENTICATED, 1 bad input.
+    Check(check::CheckArgs),
+    /// Run policy test files. Exit 0 all passed, 1 a case failed, 2 a file could not be used.
+    Test {
+        /// Test files or directories (every *.yaml / *.yml, recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print failures only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Validate { files } => validate(&files),
+        Command::Compile { files, mesh, output } => compile(&files, mesh.as_deref(), output),
+        Command::Check(args) => check::run(&args),
+        Command::Test { paths, quiet } => {
+            let totals = testfile::run(&paths, quiet, &mut std::io::stdout(), &mut std::io::stderr());
+            totals.exit_code()
+        }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn validate(files: &[PathBuf]) -> i32 {
+    let mut inputs = policy_compiler::Inputs::default();
+    let errors = sources::load_policies(files, &mut inputs);
+    for w in &inputs.warnings {
+        eprintln!("{w}");
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            println!("error: {e}");
+        }
+        println!("{} error(s)", errors.len());
+        return 1;
+    }
+    println!(
+        "valid: {} AuthorizationPolicy, {} PeerAuthentication, {} RequestAuthentication ({} workload(s), {} other document(s) skipped)",
+        inputs.authorization.len(),
+        inputs.peer.len(),
+        inputs.request.len(),
+        inputs.workloads.len(),
+        inputs.skipped.len()
+    );
+    0
+}
+
+fn compile(files: &[PathBuf], mesh: Option<&std::path::Path>, output: CompileFormat) -> i32 {
+    let compiled = match sources::compile_inputs(files, mesh) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return 1;
+        }
+    };
+    for w in &compiled.warnings {
+        eprintln!("{w}");
+    }
+    match output {
+        CompileFormat::Cedar => print!("{}", compiled.cedar_text()),
+        CompileFormat::Schema => print!("{}", compiled.schema_text),
+        CompileFormat::Json => {
+            let policies: Vec<serde_json::Value> = compiled
+                .authorization
+                .iter()
+                .flat_map(|ap| {
+                    ap.policies.iter().map(move |p| {
+                        serde_json::json!({
+                            "id": p.id,
+                            "policy": ap.key.to_string(),
+                            "action": ap.action.as_str(),
+                            "dryRun": ap.dry_run,
+                            "rule": p.rule,
+                            "role": format!("{:?}", p.role),
+                            "source": format!("{}:{}", ap.origin.file, ap.rules.iter().find(|r| r.index == p.rule).map(|r| r.line).unwrap_or(ap.origin.line)),
+                            "cedar": p.text,
+                        })
+                    })
+                })
+                .collect();
+            let doc = serde_json::json!({
+                "policies": policies,
+                "defaultAllow": compiled.default_allow_text(),
+                "schema": compiled.schema_text,
+                "warnings": compiled.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>(),
+            });
+            match serde_json::to_string_pretty(&doc) {
+                Ok(s) => println!("{s}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            }
+        }
+    }
+    0
+}

@@ -1,0 +1,242 @@
+//! The request attributes Istio policies can test (`when` keys and the Source/Operation fields),
+//! and the names they have in the Cedar context. The engine builds the context with these names;
+//! the compiler emits policies over them. Both use this module, so they cannot drift.
+//!
+//! Cedar context layout (schema in [`crate::schema`]):
+//!
+//! ```text
+//! context.source.principal      String   peer SPIFFE ID from mTLS (absent on plaintext)
+//! context.source.trustDomain    String   the trust domain of that ID
+//! context.source.ip             ipaddr   direct peer address (source.ip, ipBlocks)
+//! context.remoteIp              ipaddr   original client (remote.ip, remoteIpBlocks)
+//! context.destination.ip        ipaddr   local address (destination.ip)
+//! context.destination.port      Long     workload port (ports, destination.port)
+//! context.sni                   String   TLS SNI (connection.sni)
+//! context.http                  record   present only for HTTP requests (absent on TCP):
+//!   .host .method .path                  host lower-cased; path normalized, no query/fragment
+//!   .headers["name"]                     every value of the header, multi-value encoded
+//!   .pathTemplates                       Set<String> of the policies' {*}/{**} templates that match
+//! context.jwt                   record   present only when a token was verified:
+//!   .iss .sub .azp                       String claims
+//!   .aud                                 multi-value encoded
+//!   .claims["a.b"]                       multi-value encoded claim (nested path joined by `.`)
+//! context.metadata["filter[key]"]        multi-value encoded dynamic metadata (experimental)
+//! ```
+//!
+//! **Multi-value encoding.** Istio matches a repeated header or a list claim if ANY element
+//! matches, including prefix and suffix patterns; Cedar has no quantifier over sets. Such an
+//! attribute is one string: every element, each followed by `\n` and the whole preceded by `\n`
+//! (`"\nuser\nadmin\n"`). Inside an element, `\n` and NUL are escaped as `NUL n NUL` and
+//! `NUL 0 NUL`, a code that is both prefix- and suffix-free, so:
+//! exact `v` is `like "*\n<v>\n*"`, prefix `p*` is `like "*\n<p>*"`, suffix `*s` is
+//! `like "*<s>\n*"` — exact ANY-element semantics in plain Cedar, analysable by a solver.
+//! For claims, empty elements are left out and the attribute is absent when nothing remains, so
+//! the presence pattern `*` ("a non-empty value") is `has`.
+
+/// A `when` condition key, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WhenKey {
+    /// `request.headers[name]`, name lower-cased.
+    RequestHeader(String),
+    SourceIp,
+    RemoteIp,
+    SourceNamespace,
+    SourcePrincipal,
+    SourceServiceAccount,
+    SourceTrustDomain,
+    RequestAuthPrincipal,
+    RequestAuthAudiences,
+    RequestAuthPresenter,
+    /// `request.auth.claims[a][b]`: the claim path.
+    RequestAuthClaims(Vec<String>),
+    DestinationIp,
+    DestinationPort,
+    ConnectionSni,
+    /// `experimental.envoy.filters.<filter>[<key>]`: dynamic metadata.
+    FilterMetadata { filter: String, key: String },
+}
+
+impl WhenKey {
+    /// Keys a CUSTOM rule may not use (they need authentication, which runs after CUSTOM).
+    pub fn is_identity(&self) -> bool {
+        matches!(
+            self,
+            WhenKey::SourceNamespace
+                | WhenKey::SourcePrincipal
+                | WhenKey::SourceServiceAccount
+                | WhenKey::SourceTrustDomain
+                | WhenKey::RequestAuthPrincipal
+                | WhenKey::RequestAuthAudiences
+                | WhenKey::RequestAuthPresenter
+                | WhenKey::RequestAuthClaims(_)
+        )
+    }
+
+    /// Keys that cannot be evaluated on a TCP connection (Istio §1.10).
+    pub fn is_http_only(&self) -> bool {
+        matches!(
+            self,
+            WhenKey::RequestHeader(_)
+                | WhenKey::RequestAuthPrincipal
+                | WhenKey::RequestAuthAudiences
+                | WhenKey::RequestAuthPresenter
+                | WhenKey::RequestAuthClaims(_)
+        )
+    }
+}
+
+/// Parses a `when` key the way Istio's validation does; the error says what is wrong.
+pub fn parse_when_key(key: &str) -> Result<WhenKey, String> {
+    let simple = match key {
+        "source.ip" => Some(WhenKey::SourceIp),
+        "remote.ip" => Some(WhenKey::RemoteIp),
+        "source.namespace" => Some(WhenKey::SourceNamespace),
+        "source.principal" => Some(WhenKey::SourcePrincipal),
+        "source.serviceAccount" => Some(WhenKey::SourceServiceAccount),
+        "source.trustDomain" => Some(WhenKey::SourceTrustDomain),
+        "request.auth.principal" => Some(WhenKey::RequestAuthPrincipal),
+        "request.auth.audiences" => Some(WhenKey::RequestAuthAudiences),
+        "request.auth.presenter" => Some(WhenKey::RequestAuthPresenter),
+        "destination.ip" => Some(WhenKey::DestinationIp),
+        "destination.port" => Some(WhenKey::DestinationPort),
+        "connection.sni" => Some(WhenKey::ConnectionSni),
+        _ => None,
+    };
+    if let Some(k) = simple {
+        return Ok(k);
+    }
+    if let Some(rest) = key.strip_prefix("request.headers") {
+        let name = rest
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("`{key}`: write the header name in brackets, e.g. `request.headers[x-token]`"))?;
+        return Ok(WhenKey::RequestHeader(name.to_ascii_lowercase()));
+    }
+    if let Some(rest) = key.strip_prefix("request.auth.claims") {
+        let path = parse_bracket_path(rest)
+            .ok_or_else(|| format!("`{key}`: write the claim in brackets, e.g. `request.auth.claims[groups]` or `request.auth.claims[a][b]` for a nested claim"))?;
+        return Ok(WhenKey::RequestAuthClaims(path));
+    }
+    if let Some(rest) = key.strip_prefix("experimental.envoy.filters.") {
+        let open = rest.find('[');
+        let parsed = open.and_then(|i| {
+            let (filter, bracket) = rest.split_at(i);
+            let k = bracket.strip_prefix('[')?.strip_suffix(']')?;
+            (!filter.is_empty() && !k.is_empty()).then(|| WhenKey::FilterMetadata {
+                filter: format!("envoy.filters.{filter}"),
+                key: k.to_string(),
+            })
+        });
+        return parsed.ok_or_else(|| {
+            format!("`{key}`: write it as `experimental.envoy.filters.<filter>[<key>]`")
+        });
+    }
+    if key.starts_with("destination.labels") {
+        return Err(format!("`{key}` is not supported; use the policy's `selector` instead"));
+    }
+    if matches!(key, "destination.namespace" | "destination.name" | "destination.user") {
+        return Err(format!("`{key}` is not supported (it was removed from Istio)"));
+    }
+    Err(format!(
+        "unknown attribute `{key}`; see the list of supported keys in Istio's authorization conditions reference"
+    ))
+}
+
+/// `[a][b]` -> `["a", "b"]`; `[[a]]` -> `["[a]"]` (Istio strips the outer brackets and splits at
+/// `][`). `None` when the text is not bracketed or a part is empty.
+fn parse_bracket_path(text: &str) -> Option<Vec<String>> {
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    let parts: Vec<String> = inner.split("][").map(str::to_string).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return None;
+    }
+    Some(parts)
+}
+
+/// The attribute name of a claim path in `context.jwt.claims`: the parts joined by `.`, with `\`
+/// and `.` inside a part escaped by `\` so that distinct paths never share a name.
+pub fn claim_attribute(path: &[String]) -> String {
+    path.iter()
+        .map(|p| p.replace('\\', "\\\\").replace('.', "\\."))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The attribute name of a dynamic metadata key in `context.metadata`.
+pub fn metadata_attribute(filter: &str, key: &str) -> String {
+    format!("{filter}[{key}]")
+}
+
+/// Escapes one element for the multi-value encoding (see the module docs).
+pub fn encode_element(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\n' => out.push_str("\u{0}n\u{0}"),
+            '\u{0}' => out.push_str("\u{0}0\u{0}"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Builds the multi-value encoding of `values`; `skip_empty` leaves out empty elements.
+pub fn encode_values<'a>(values: impl IntoIterator<Item = &'a str>, skip_empty: bool) -> Option<String> {
+    let mut out = String::from("\n");
+    let mut any = false;
+    for v in values {
+        if skip_empty && v.is_empty() {
+            continue;
+        }
+        encode_element(v, &mut out);
+        out.push('\n');
+        any = true;
+    }
+    any.then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_claim_paths_like_istio() {
+        assert_eq!(
+            parse_when_key("request.auth.claims[good][abc]"),
+            Ok(WhenKey::RequestAuthClaims(vec!["good".into(), "abc".into()]))
+        );
+        assert_eq!(
+            parse_when_key("request.auth.claims[[good]]"),
+            Ok(WhenKey::RequestAuthClaims(vec!["[good]".into()]))
+        );
+        assert!(parse_when_key("request.auth.claims").is_err());
+        assert!(parse_when_key("request.auth.claims[]").is_err());
+        assert!(parse_when_key("request.auth.claimsx[bad]").is_err());
+    }
+
+    #[test]
+    fn rejects_unknown_and_removed_keys() {
+        assert!(parse_when_key("destination.labels[app]").is_err());
+        assert!(parse_when_key("destination.namespace").is_err());
+        assert!(parse_when_key("request.foo").is_err());
+        assert!(parse_when_key("request.headers").is_err());
+        assert_eq!(
+            parse_when_key("request.headers[X-Token]"),
+            Ok(WhenKey::RequestHeader("x-token".into()))
+        );
+    }
+
+    #[test]
+    fn claim_attribute_names_are_injective() {
+        let a = claim_attribute(&["a.b".into()]);
+        let b = claim_attribute(&["a".into(), "b".into()]);
+        assert_ne!(a, b);
+        assert_eq!(b, "a.b");
+    }
+
+    #[test]
+    fn encodes_values_without_ambiguity() {
+        assert_eq!(encode_values(["user", "admin"], false).as_deref(), Some("\nuser\nadmin\n"));
+        assert_eq!(encode_values(["x\nadmin"], false).as_deref(), Some("\nx\u{0}n\u{0}admin\n"));
+        assert_eq!(encode_values(["", ""], true), None);
+    }
+}

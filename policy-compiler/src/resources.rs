@@ -1,0 +1,367 @@
+//! Serde model of the Istio security resources as users write them (`security.istio.io` v1 and
+//! v1beta1 share one schema), and of the Kubernetes workload kinds we read labels from.
+//!
+//! Every Istio type rejects unknown fields: a misspelt `notPrinciples` must be an error, never a
+//! silently ignored matcher. Optional lists stay `Option` where Istio's validation tells "absent"
+//! from "present but empty" (`from: []` is rejected, a missing `from` means any source).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `metadata` of any object. Known `ObjectMeta` fields only; the server-populated ones are
+/// accepted (so `kubectl get -o yaml` output loads) and ignored.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// RFC 3339; PeerAuthentication's "oldest wins" tie-break reads it.
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
+    #[serde(default)]
+    pub generate_name: Option<String>,
+    #[serde(default)]
+    pub uid: Option<String>,
+    #[serde(default)]
+    pub resource_version: Option<String>,
+    #[serde(default)]
+    pub generation: Option<i64>,
+    #[serde(default)]
+    pub deletion_timestamp: Option<String>,
+    #[serde(default)]
+    pub deletion_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    pub finalizers: Vec<String>,
+    #[serde(default)]
+    pub owner_references: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub managed_fields: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub self_link: Option<String>,
+}
+
+/// A whole Istio security object: `apiVersion`, `kind`, `metadata`, `spec` (and `status`,
+/// which the API server adds and we ignore).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Object<S> {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default = "Option::default")]
+    pub spec: Option<S>,
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyTargetReference {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: String,
+}
+
+// === AuthorizationPolicy ===
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "ALLOW",
+            Action::Deny => "DENY",
+            Action::Audit => "AUDIT",
+            Action::Custom => "CUSTOM",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    #[serde(default)]
+    pub target_refs: Option<Vec<PolicyTargetReference>>,
+    #[serde(default)]
+    pub action: Action,
+    #[serde(default)]
+    pub provider: Option<ExtensionProviderRef>,
+    /// `None` and `Some([])` both mean "no rules" (match nothing); a `null` item is a nil rule,
+    /// which validation rejects.
+    #[serde(default)]
+    pub rules: Option<Vec<Option<Rule>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtensionProviderRef {
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rule {
+    #[serde(default)]
+    pub from: Option<Vec<From>>,
+    #[serde(default)]
+    pub to: Option<Vec<To>>,
+    #[serde(default)]
+    pub when: Option<Vec<Condition>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct From {
+    #[serde(default)]
+    pub source: Option<Source>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct To {
+    #[serde(default)]
+    pub operation: Option<Operation>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Source {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub principals: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_principals: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub request_principals: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_request_principals: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub namespaces: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_namespaces: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub service_accounts: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_service_accounts: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub ip_blocks: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_ip_blocks: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_remote_ip_blocks: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub trust_domains: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_trust_domains: Vec<String>,
+}
+
+impl Source {
+    pub fn is_empty(&self) -> bool {
+        self == &Source::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Operation {
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub hosts: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_hosts: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub ports: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_ports: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_methods: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_paths: Vec<String>,
+}
+
+impl Operation {
+    pub fn is_empty(&self) -> bool {
+        self == &Operation::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(default)]
+    pub key: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub values: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub not_values: Vec<String>,
+}
+
+// === PeerAuthentication ===
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mtls {
+    #[serde(default)]
+    pub mode: MtlsMode,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub mtls: Option<Mtls>,
+    /// Keys are container ports; YAML may write them as numbers or strings.
+    #[serde(default)]
+    pub port_level_mtls: Option<BTreeMap<PortKey, Mtls>>,
+}
+
+/// A `portLevelMtls` key: kept as written so validation can say what was wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PortKey(pub String);
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::N(n) => PortKey(n.to_string()),
+            Raw::S(s) => PortKey(s),
+        })
+    }
+}
+
+// === RequestAuthentication ===
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    #[serde(default)]
+    pub selector: Option<WorkloadSelector>,
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    #[serde(default)]
+    pub target_refs: Option<Vec<PolicyTargetReference>>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtRule {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub jwks: String,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub from_headers: Vec<JwtHeader>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub from_params: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub from_cookies: Vec<String>,
+    #[serde(default)]
+    pub output_payload_to_header: String,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// JWKS fetch timeout, a duration such as `5s` (Istio's default).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub space_delimited_claims: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtHeader {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    #[serde(default)]
+    pub header: String,
+    #[serde(default)]
+    pub claim: String,
+}
+
+/// YAML `field:` with no value is `null`; Kubernetes treats it as an empty list.
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+}
