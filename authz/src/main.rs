@@ -57,6 +57,9 @@ enum Command {
         /// Print failures only.
         #[arg(short, long)]
         quiet: bool,
+        /// Also print the policies' validation warnings.
+        #[arg(short, long)]
+        verbose: bool,
     },
 }
 
@@ -66,8 +69,11 @@ fn main() -> ExitCode {
         Command::Validate { files } => validate(&files),
         Command::Compile { files, mesh, output } => compile(&files, mesh.as_deref(), output),
         Command::Check(args) => check::run(&args),
-        Command::Test { paths, quiet } => {
-            let totals = testfile::run(&paths, quiet, &mut std::io::stdout(), &mut std::io::stderr());
+        Command::Test { paths, quiet, verbose } => {
+            let mut sink = std::io::sink();
+            let mut stderr = std::io::stderr();
+            let warnings: &mut dyn std::io::Write = if verbose { &mut stderr } else { &mut sink };
+            let totals = testfile::run(&paths, quiet, &mut std::io::stdout(), warnings);
             totals.exit_code()
         }
     };

@@ -115,18 +115,39 @@ pub struct Prepared {
     pub cases: Vec<Case>,
 }
 
-/// Expands files and directories into test files (`*.yaml`, `*.yml`), sorted.
+/// Expands files and directories into test files (`*.yaml`, `*.yml`), sorted. Inside a
+/// directory, files whose documents are Kubernetes objects (`apiVersion` and `kind` at the top)
+/// are the policies and manifests the tests load, not tests, and are skipped; a file named
+/// explicitly is always run as a test file.
 pub fn test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let files = crate::sources::policy_files(paths)?;
     Ok(files
         .into_iter()
         .filter(|f| {
             paths.contains(f)
-                || f.extension()
+                || (f
+                    .extension()
                     .and_then(|e| e.to_str())
                     .is_some_and(|e| e == "yaml" || e == "yml")
+                    && !is_kubernetes_manifest(f))
         })
         .collect())
+}
+
+fn is_kubernetes_manifest(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(serde_yaml::Value::Mapping(m)) => {
+                return m.contains_key("apiVersion") && m.contains_key("kind")
+            }
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// Reads, validates and compiles one test file.

@@ -71,7 +71,8 @@ pub enum Scope {
 pub enum Target {
     /// `gateway.networking.k8s.io/Gateway` in the policy's namespace.
     Gateway(String),
-    /// A core `Service` in the policy's namespace (enforced at the workloads it selects).
+    /// A core `Service` in the policy's namespace: enforced by a waypoint (a workload with
+    /// `gateway:`) that lists the Service in `services:`.
     Service(String),
     /// Anything else (GatewayClass, ServiceEntry, a cross-namespace reference): matches nothing.
     Unsupported(String),
@@ -135,7 +136,9 @@ impl Scope {
                 &w.namespace == namespace
                     && targets.iter().any(|t| match t {
                         Target::Gateway(g) => w.gateway.as_deref() == Some(g.as_str()),
-                        Target::Service(s) => w.services.contains(s),
+                        // Service targets are for waypoints: a gateway that serves the
+                        // Service. A plain sidecar ignores every targetRef.
+                        Target::Service(s) => w.gateway.is_some() && w.services.contains(s),
                         Target::Unsupported(_) => false,
                     })
             }
@@ -173,9 +176,10 @@ impl Scope {
                         Expr::atom("resource has gateway"),
                         Expr::atom(format!("resource.gateway == {}", string_lit(g))),
                     ]),
-                    Target::Service(s) => {
-                        Expr::atom(format!("resource.services.contains({})", string_lit(s)))
-                    }
+                    Target::Service(s) => Expr::and([
+                        Expr::atom("resource has gateway"),
+                        Expr::atom(format!("resource.services.contains({})", string_lit(s))),
+                    ]),
                     Target::Unsupported(_) => Expr::False,
                 })),
             ]),

@@ -408,7 +408,7 @@ pub fn authorization_policy_warnings(
         if !supported {
             warn(
                 format!("spec.targetRefs[{i}]"),
-                format!("meshauthz enforces targetRefs to Gateways (workloads with `gateway:`) and Services (workloads with `services:`); `{}/{}` matches no workload", r.group, r.kind),
+                format!("meshauthz enforces targetRefs to Gateways (workloads with `gateway:`) and Services (waypoints: workloads with `gateway:` listing the Service in `services:`); `{}/{}` matches no workload", r.group, r.kind),
             );
         }
     }

@@ -394,7 +394,7 @@ fn allow_policies(snapshot: &Snapshot, class: &PolicyClass) -> Vec<PolicyMatch> 
 /// Evaluates dry-run, AUDIT and delegated CUSTOM rules; they never change the verdict.
 fn observe(snapshot: &Snapshot, class: &PolicyClass, request: &Request, d: &mut Decision) {
     let authorizer = Authorizer::new();
-    let mut matched = |set: &PolicySet, d: &mut Decision| {
+    let matched = |set: &PolicySet, d: &mut Decision| {
         let resp = authorizer.is_authorized(request, set, &snapshot.entities);
         for e in resp.diagnostics().errors() {
             d.errors.push(format!("observed policy: {e}"));
@@ -442,7 +442,13 @@ fn authenticate(
         // Verified upstream (Envoy jwt_authn): the issuer must still be one of ours.
         let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
         let Some(i) = providers.iter().position(|p| p.issuer == iss) else {
-            return Err((JwtError::IssuerNotConfigured(iss.to_string()), None));
+            let mut keys: Vec<&ResourceKey> = providers.iter().map(|p| &p.source).collect();
+            keys.dedup();
+            let source = match keys.as_slice() {
+                [one] => Some(PolicyMatch::resource("RequestAuthentication", one, None)),
+                _ => None,
+            };
+            return Err((JwtError::IssuerNotConfigured(iss.to_string()), source));
         };
         let provider = &providers[i];
         if !provider.audiences.is_empty() && !audience_ok(claims, &provider.audiences) {
@@ -460,7 +466,16 @@ fn authenticate(
     let keys = |i: usize| providers.get(i).and_then(|p| snapshot.keys_for(p));
     match jwt::authenticate(providers, &keys, &req.method, &req.headers, query, req.now) {
         AuthnOutcome::NoToken => Ok(None),
-        AuthnOutcome::Failed { error, .. } => Err((error, None)),
+        AuthnOutcome::Failed { error, .. } => {
+            // The RequestAuthentication(s) of the workload rejected it.
+            let mut keys: Vec<&ResourceKey> = providers.iter().map(|p| &p.source).collect();
+            keys.dedup();
+            let source = match keys.as_slice() {
+                [one] => Some(PolicyMatch::resource("RequestAuthentication", one, None)),
+                _ => None,
+            };
+            Err((error, source))
+        }
         AuthnOutcome::Verified {
             provider,
             claims,

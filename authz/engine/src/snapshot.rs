@@ -58,7 +58,6 @@ pub(crate) struct PolicyClass {
     pub observed_deny: Option<PolicySet>,
     /// Indexes into `Snapshot::authorization` of the applicable policies.
     pub applicable: Vec<usize>,
-    pub has_enforced_allow: bool,
 }
 
 /// PeerAuthentication applying to one workload, per level (the oldest at each level).
@@ -385,7 +384,6 @@ fn build_class(
         observed: non_empty(observed),
         observed_deny: non_empty(observed_deny),
         applicable: applicable.to_vec(),
-        has_enforced_allow,
     })
 }
 
