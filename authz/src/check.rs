@@ -84,9 +84,16 @@ fn run_inner(args: &CheckArgs) -> Result<Verdict, String> {
     let mut inputs = policy_compiler::Inputs::default();
     let errors = sources::load_policies(&args.files, &mut inputs);
     if !errors.is_empty() {
-        return Err(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\nerror: "));
+        return Err(errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\nerror: "));
     }
-    let known = workloads.iter().chain(&inputs.workloads).any(|w| w.key() == args.workload);
+    let known = workloads
+        .iter()
+        .chain(&inputs.workloads)
+        .any(|w| w.key() == args.workload);
     if !known || !args.labels.is_empty() {
         let mut labels = std::collections::BTreeMap::new();
         for l in &args.labels {
@@ -113,8 +120,12 @@ fn run_inner(args: &CheckArgs) -> Result<Verdict, String> {
             services: Vec::new(),
         });
     }
-    let compiled = policy_compiler::compile(&inputs, &mesh, &workloads)
-        .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))?;
+    let compiled = policy_compiler::compile(&inputs, &mesh, &workloads).map_err(|e| {
+        e.iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
     for w in &compiled.warnings {
         eprintln!("{w}");
     }
@@ -137,7 +148,11 @@ fn run_inner(args: &CheckArgs) -> Result<Verdict, String> {
         .unwrap_or_default();
     let req = RequestAttrs {
         workload: args.workload.clone(),
-        protocol: if args.tcp { Protocol::Tcp } else { Protocol::Http },
+        protocol: if args.tcp {
+            Protocol::Tcp
+        } else {
+            Protocol::Http
+        },
         source_principal: args.from.clone(),
         source_ip: args.source_ip,
         remote_ip: args.remote_ip,
@@ -157,10 +172,17 @@ fn run_inner(args: &CheckArgs) -> Result<Verdict, String> {
     match args.output {
         OutputFormat::Json => {
             let doc = serde_json::json!({ "decision": decision, "rules": explanation });
-            println!("{}", serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?
+            );
         }
         OutputFormat::Text => {
-            println!("{} ({})", decision.verdict.as_str(), crate::testfile::describe(&decision));
+            println!(
+                "{} ({})",
+                decision.verdict.as_str(),
+                crate::testfile::describe(&decision)
+            );
             for m in &decision.dry_run {
                 println!("  dry-run match: {m}");
             }

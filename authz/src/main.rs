@@ -10,7 +10,11 @@ mod sources;
 mod testfile;
 
 #[derive(Debug, Parser)]
-#[command(name = "meshauthz", version, about = "Istio security policies compiled to Cedar and enforced: dry-run CLI")]
+#[command(
+    name = "meshauthz",
+    version,
+    about = "Istio security policies compiled to Cedar and enforced: dry-run CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,7 +52,7 @@ enum Command {
         output: CompileFormat,
     },
     /// Would this request be allowed, and by which rule? Exit 0 ALLOW, 2 DENY/UNAUTHENTICATED, 1 bad input.
-    Check(check::CheckArgs),
+    Check(Box<check::CheckArgs>),
     /// Run policy test files. Exit 0 all passed, 1 a case failed, 2 a file could not be used.
     Test {
         /// Test files or directories (every *.yaml / *.yml, recursively).
@@ -67,9 +71,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Validate { files } => validate(&files),
-        Command::Compile { files, mesh, output } => compile(&files, mesh.as_deref(), output),
+        Command::Compile {
+            files,
+            mesh,
+            output,
+        } => compile(&files, mesh.as_deref(), output),
         Command::Check(args) => check::run(&args),
-        Command::Test { paths, quiet, verbose } => {
+        Command::Test {
+            paths,
+            quiet,
+            verbose,
+        } => {
             let mut sink = std::io::sink();
             let mut stderr = std::io::stderr();
             let warnings: &mut dyn std::io::Write = if verbose { &mut stderr } else { &mut sink };

@@ -24,12 +24,18 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
             continue;
         }
         let meta = std::fs::metadata(p).map_err(|e| {
-            LoadError::new(Location::file(p.display().to_string()), format!("cannot read: {e}"))
+            LoadError::new(
+                Location::file(p.display().to_string()),
+                format!("cannot read: {e}"),
+            )
         })?;
         if meta.is_dir() {
             let mut found = Vec::new();
             walk(p, &mut found).map_err(|e| {
-                LoadError::new(Location::file(p.display().to_string()), format!("cannot list directory: {e}"))
+                LoadError::new(
+                    Location::file(p.display().to_string()),
+                    format!("cannot list directory: {e}"),
+                )
             })?;
             found.sort();
             out.extend(found);
@@ -70,7 +76,10 @@ pub fn load_policies(paths: &[PathBuf], inputs: &mut Inputs) -> Vec<LoadError> {
             match std::io::stdin().read_to_end(&mut buf) {
                 Ok(_) => buf,
                 Err(e) => {
-                    errors.push(LoadError::new(Location::file("<stdin>"), format!("cannot read: {e}")));
+                    errors.push(LoadError::new(
+                        Location::file("<stdin>"),
+                        format!("cannot read: {e}"),
+                    ));
                     continue;
                 }
             }
@@ -83,7 +92,11 @@ pub fn load_policies(paths: &[PathBuf], inputs: &mut Inputs) -> Vec<LoadError> {
                 }
             }
         };
-        let shown = if f.as_os_str() == "-" { "<stdin>".to_string() } else { name };
+        let shown = if f.as_os_str() == "-" {
+            "<stdin>".to_string()
+        } else {
+            name
+        };
         errors.extend(inputs.load_bytes(&shown, &bytes));
     }
     errors
@@ -127,12 +140,9 @@ pub fn parse_mesh_file(name: &str, text: &str) -> Result<(MeshConfig, Vec<Worklo
     Ok((file.mesh.unwrap_or_default(), file.workloads))
 }
 
-/// serde_yaml appends " at line X column Y"; our locations carry that already.
+/// serde_yaml's message without the location we report ourselves.
 pub fn strip_location(message: &str) -> String {
-    match message.find(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
+    policy_compiler::error::clean_yaml_message(message)
 }
 
 /// Fetches one JWKS document (blocking, with a timeout). Used off the request path only.
@@ -141,7 +151,10 @@ pub fn fetch_jwks(uri: &str, timeout: Duration) -> Result<KeySet, String> {
         .timeout(timeout)
         .redirects(3)
         .build();
-    let resp = agent.get(uri).call().map_err(|e| format!("fetching `{uri}`: {e}"))?;
+    let resp = agent
+        .get(uri)
+        .call()
+        .map_err(|e| format!("fetching `{uri}`: {e}"))?;
     let mut body = String::new();
     resp.into_reader()
         .take(4 * 1024 * 1024)
@@ -171,10 +184,7 @@ pub fn with_fetched_keys(snapshot: Snapshot, warn: &mut dyn FnMut(String)) -> Sn
 }
 
 /// Loads, validates and compiles: the common front half of every command.
-pub fn compile_inputs(
-    paths: &[PathBuf],
-    mesh: Option<&Path>,
-) -> Result<Compiled, Vec<LoadError>> {
+pub fn compile_inputs(paths: &[PathBuf], mesh: Option<&Path>) -> Result<Compiled, Vec<LoadError>> {
     let (mesh, workloads) = match mesh {
         Some(p) => load_mesh_file(p).map_err(|e| vec![e])?,
         None => (MeshConfig::default(), Vec::new()),

@@ -151,12 +151,24 @@ fn is_kubernetes_manifest(path: &Path) -> bool {
 }
 
 /// Reads, validates and compiles one test file.
-pub fn prepare(file: &Path, fetch_jwks: bool, warn: &mut dyn FnMut(String)) -> Result<Prepared, Vec<LoadError>> {
+pub fn prepare(
+    file: &Path,
+    fetch_jwks: bool,
+    warn: &mut dyn FnMut(String),
+) -> Result<Prepared, Vec<LoadError>> {
     let name = file.display().to_string();
-    let text = std::fs::read(file)
-        .map_err(|e| vec![LoadError::new(Location::file(&name), format!("cannot read: {e}"))])?;
-    let text = String::from_utf8(text)
-        .map_err(|_| vec![LoadError::new(Location::file(&name), "the file is not valid UTF-8")])?;
+    let text = std::fs::read(file).map_err(|e| {
+        vec![LoadError::new(
+            Location::file(&name),
+            format!("cannot read: {e}"),
+        )]
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        vec![LoadError::new(
+            Location::file(&name),
+            "the file is not valid UTF-8",
+        )]
+    })?;
     let de = serde_yaml::Deserializer::from_str(&text);
     let tf: TestFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -191,7 +203,11 @@ pub fn prepare(file: &Path, fetch_jwks: bool, warn: &mut dyn FnMut(String)) -> R
         warn(w.to_string());
     }
     for (i, case) in tf.cases.iter().enumerate() {
-        if !compiled.workloads.iter().any(|w| w.key() == case.request.workload) {
+        if !compiled
+            .workloads
+            .iter()
+            .any(|w| w.key() == case.request.workload)
+        {
             errors.push(LoadError::new(
                 Location {
                     field: Some(format!("cases[{i}].request.workload")),
@@ -218,9 +234,8 @@ pub fn prepare(file: &Path, fetch_jwks: bool, warn: &mut dyn FnMut(String)) -> R
     if !errors.is_empty() {
         return Err(errors);
     }
-    let snapshot = Snapshot::build(compiled, 1).map_err(|e| {
-        vec![LoadError::new(Location::file(&name), e.to_string())]
-    })?;
+    let snapshot = Snapshot::build(compiled, 1)
+        .map_err(|e| vec![LoadError::new(Location::file(&name), e.to_string())])?;
     let snapshot = if fetch_jwks {
         crate::sources::with_fetched_keys(snapshot, warn)
     } else {
@@ -302,7 +317,9 @@ pub fn describe(d: &Decision) -> String {
         parts.push("no policy".to_string());
     }
     let mut s = format!("{}; {reason}", parts.join(", "));
-    if let authz_engine::Reason::Jwt { error } | authz_engine::Reason::InvalidRequest { error } = &d.reason {
+    if let authz_engine::Reason::Jwt { error } | authz_engine::Reason::InvalidRequest { error } =
+        &d.reason
+    {
         s.push_str(&format!(": {error}"));
     }
     for e in &d.errors {
@@ -313,7 +330,12 @@ pub fn describe(d: &Decision) -> String {
 
 /// Runs every case of every file; prints one line per case (failures only with `quiet`) and
 /// the closing `N passed, M failed`.
-pub fn run(paths: &[PathBuf], quiet: bool, out: &mut dyn std::io::Write, err: &mut dyn std::io::Write) -> Totals {
+pub fn run(
+    paths: &[PathBuf],
+    quiet: bool,
+    out: &mut dyn std::io::Write,
+    err: &mut dyn std::io::Write,
+) -> Totals {
     let mut totals = Totals::default();
     let files = match test_files(paths) {
         Ok(f) => f,

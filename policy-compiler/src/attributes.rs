@@ -53,7 +53,10 @@ pub enum WhenKey {
     DestinationPort,
     ConnectionSni,
     /// `experimental.envoy.filters.<filter>[<key>]`: dynamic metadata.
-    FilterMetadata { filter: String, key: String },
+    FilterMetadata {
+        filter: String,
+        key: String,
+    },
 }
 
 impl WhenKey {
@@ -110,7 +113,11 @@ pub fn parse_when_key(key: &str) -> Result<WhenKey, String> {
             .strip_prefix('[')
             .and_then(|r| r.strip_suffix(']'))
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| format!("`{key}`: write the header name in brackets, e.g. `request.headers[x-token]`"))?;
+            .ok_or_else(|| {
+                format!(
+                    "`{key}`: write the header name in brackets, e.g. `request.headers[x-token]`"
+                )
+            })?;
         return Ok(WhenKey::RequestHeader(name.to_ascii_lowercase()));
     }
     if let Some(rest) = key.strip_prefix("request.auth.claims") {
@@ -133,10 +140,17 @@ pub fn parse_when_key(key: &str) -> Result<WhenKey, String> {
         });
     }
     if key.starts_with("destination.labels") {
-        return Err(format!("`{key}` is not supported; use the policy's `selector` instead"));
+        return Err(format!(
+            "`{key}` is not supported; use the policy's `selector` instead"
+        ));
     }
-    if matches!(key, "destination.namespace" | "destination.name" | "destination.user") {
-        return Err(format!("`{key}` is not supported (it was removed from Istio)"));
+    if matches!(
+        key,
+        "destination.namespace" | "destination.name" | "destination.user"
+    ) {
+        return Err(format!(
+            "`{key}` is not supported (it was removed from Istio)"
+        ));
     }
     Err(format!(
         "unknown attribute `{key}`; see the list of supported keys in Istio's authorization conditions reference"
@@ -180,7 +194,10 @@ pub fn encode_element(value: &str, out: &mut String) {
 }
 
 /// Builds the multi-value encoding of `values`; `skip_empty` leaves out empty elements.
-pub fn encode_values<'a>(values: impl IntoIterator<Item = &'a str>, skip_empty: bool) -> Option<String> {
+pub fn encode_values<'a>(
+    values: impl IntoIterator<Item = &'a str>,
+    skip_empty: bool,
+) -> Option<String> {
     let mut out = String::from("\n");
     let mut any = false;
     for v in values {
@@ -202,7 +219,10 @@ mod tests {
     fn parses_claim_paths_like_istio() {
         assert_eq!(
             parse_when_key("request.auth.claims[good][abc]"),
-            Ok(WhenKey::RequestAuthClaims(vec!["good".into(), "abc".into()]))
+            Ok(WhenKey::RequestAuthClaims(vec![
+                "good".into(),
+                "abc".into()
+            ]))
         );
         assert_eq!(
             parse_when_key("request.auth.claims[[good]]"),
@@ -235,8 +255,14 @@ mod tests {
 
     #[test]
     fn encodes_values_without_ambiguity() {
-        assert_eq!(encode_values(["user", "admin"], false).as_deref(), Some("\nuser\nadmin\n"));
-        assert_eq!(encode_values(["x\nadmin"], false).as_deref(), Some("\nx\u{0}n\u{0}admin\n"));
+        assert_eq!(
+            encode_values(["user", "admin"], false).as_deref(),
+            Some("\nuser\nadmin\n")
+        );
+        assert_eq!(
+            encode_values(["x\nadmin"], false).as_deref(),
+            Some("\nx\u{0}n\u{0}admin\n")
+        );
         assert_eq!(encode_values(["", ""], true), None);
     }
 }

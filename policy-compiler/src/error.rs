@@ -84,3 +84,22 @@ impl fmt::Display for Warning {
         write!(f, "{}: warning: {}", self.location, self.message)
     }
 }
+
+/// A serde_yaml message without what our [`Location`] already says: its leading field path
+/// (`spec.rules[0]: `) and its trailing ` at line X column Y`.
+pub fn clean_yaml_message(message: &str) -> String {
+    let mut m = message;
+    if let Some(cut) = m.find(" at line ") {
+        m = &m[..cut];
+    }
+    if let Some((head, rest)) = m.split_once(": ") {
+        let is_path = !head.is_empty()
+            && head
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.[]-".contains(c));
+        if is_path && head.contains(['.', '[']) || head == "spec" || head == "metadata" {
+            m = rest;
+        }
+    }
+    m.to_string()
+}

@@ -4,8 +4,9 @@
 /// Checks that `text` is a JWKS: a JSON object with a `keys` array of objects that each name a
 /// `kty`. Returns the number of keys.
 pub fn parse_jwks(text: &str) -> Result<usize, String> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| format!("not valid JSON: {e}; give a JSON Web Key Set `{{\"keys\": [...]}}`"))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        format!("not valid JSON: {e}; give a JSON Web Key Set `{{\"keys\": [...]}}`")
+    })?;
     let keys = value
         .get("keys")
         .and_then(|k| k.as_array())

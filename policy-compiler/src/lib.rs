@@ -14,6 +14,7 @@ pub mod compile;
 pub mod error;
 pub mod expr;
 pub mod jwks;
+pub mod lines;
 pub mod load;
 pub mod mesh;
 pub mod resources;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::de::DeserializeOwned;
 
 use crate::error::{LoadError, Location, Warning};
+use crate::lines::FieldLines;
 use crate::mesh::Workload;
 use crate::resources::{
     AuthorizationPolicySpec, Object, ObjectMeta, PeerAuthenticationSpec, RequestAuthenticationSpec,
@@ -156,9 +157,9 @@ impl Inputs {
             serde_yaml::Value::Mapping(m) => m,
             _ => {
                 return Err(vec![LoadError::new(
-                    location.clone(),
-                    "a document must be a Kubernetes object (a mapping with `apiVersion` and `kind`)",
-                )])
+                location.clone(),
+                "a document must be a Kubernetes object (a mapping with `apiVersion` and `kind`)",
+            )])
             }
         };
         let field = |name: &str| map.get(name).and_then(|v| v.as_str()).unwrap_or_default();
@@ -177,14 +178,14 @@ impl Inputs {
                     let loaded = parse_istio::<AuthorizationPolicySpec>(
                         origin, location, text, start_line, &kind, "rules",
                     )?;
-                    let errors = validate::authorization_policy(&loaded, &resource_location(location, &kind, &loaded));
+                    let at = resource_location(location, &kind, &loaded);
+                    let mut errors = validate::authorization_policy(&loaded, &at);
+                    let mut warnings = validate::authorization_policy_warnings(&loaded, &at);
+                    with_field_lines(text, start_line, &mut errors, &mut warnings);
                     if !errors.is_empty() {
                         return Err(errors);
                     }
-                    self.warnings.extend(validate::authorization_policy_warnings(
-                        &loaded,
-                        &resource_location(location, &kind, &loaded),
-                    ));
+                    self.warnings.extend(warnings);
                     self.authorization.push(loaded);
                     Ok(())
                 }
@@ -192,7 +193,8 @@ impl Inputs {
                     let loaded = parse_istio::<PeerAuthenticationSpec>(
                         origin, location, text, start_line, &kind, "",
                     )?;
-                    let errors = validate::peer_authentication(&loaded, &resource_location(location, &kind, &loaded));
+                    let mut errors = validate::peer_authentication(&loaded, &resource_location(location, &kind, &loaded));
+                    with_field_lines(text, start_line, &mut errors, &mut []);
                     if !errors.is_empty() {
                         return Err(errors);
                     }
@@ -203,14 +205,14 @@ impl Inputs {
                     let loaded = parse_istio::<RequestAuthenticationSpec>(
                         origin, location, text, start_line, &kind, "jwtRules",
                     )?;
-                    let errors = validate::request_authentication(&loaded, &resource_location(location, &kind, &loaded));
+                    let at = resource_location(location, &kind, &loaded);
+                    let mut errors = validate::request_authentication(&loaded, &at);
+                    let mut warnings = validate::request_authentication_warnings(&loaded, &at);
+                    with_field_lines(text, start_line, &mut errors, &mut warnings);
                     if !errors.is_empty() {
                         return Err(errors);
                     }
-                    self.warnings.extend(validate::request_authentication_warnings(
-                        &loaded,
-                        &resource_location(location, &kind, &loaded),
-                    ));
+                    self.warnings.extend(warnings);
                     self.request.push(loaded);
                     Ok(())
                 }
@@ -227,7 +229,9 @@ impl Inputs {
                     let mut errors = Vec::new();
                     for item in items.clone() {
                         let item_text = serde_yaml::to_string(&item).unwrap_or_default();
-                        if let Err(e) = self.load_value(origin, location, &item_text, origin.line, item) {
+                        if let Err(e) =
+                            self.load_value(origin, location, &item_text, origin.line, item)
+                        {
                             errors.extend(e);
                         }
                     }
@@ -243,13 +247,19 @@ impl Inputs {
                     Some(w) => self.workloads.push(w),
                     None => self.warnings.push(Warning {
                         location: location.clone(),
-                        message: format!("{kind} without `metadata.name` does not define a workload"),
+                        message: format!(
+                            "{kind} without `metadata.name` does not define a workload"
+                        ),
                     }),
                 }
                 Ok(())
             }
             _ => {
-                let shown = if kind.is_empty() { "(no kind)".to_string() } else { kind };
+                let shown = if kind.is_empty() {
+                    "(no kind)".to_string()
+                } else {
+                    kind
+                };
                 self.skipped.push((origin.clone(), shown));
                 Ok(())
             }
@@ -281,6 +291,28 @@ impl Inputs {
         check("AuthorizationPolicy", &self.authorization, errors);
         check("PeerAuthentication", &self.peer, errors);
         check("RequestAuthentication", &self.request, errors);
+    }
+}
+
+/// Points each error (and warning) at the line of its field.
+fn with_field_lines(
+    text: &str,
+    start_line: usize,
+    errors: &mut [LoadError],
+    warnings: &mut [Warning],
+) {
+    if errors.is_empty() && warnings.is_empty() {
+        return;
+    }
+    let lines = FieldLines::scan(text);
+    let locations = errors
+        .iter_mut()
+        .map(|e| &mut e.location)
+        .chain(warnings.iter_mut().map(|w| &mut w.location));
+    for loc in locations {
+        if let Some(line) = loc.field.as_deref().and_then(|f| lines.line_of(f)) {
+            loc.line = Some(line + start_line - 1);
+        }
     }
 }
 
@@ -343,8 +375,9 @@ fn parse_istio<S: DeserializeOwned + Default>(
     let item_lines = if items_key.is_empty() {
         Vec::new()
     } else {
-        list_item_lines(text, items_key)
-            .into_iter()
+        let lines = FieldLines::scan(text);
+        (0..)
+            .map_while(|i| lines.line_of_exact(&format!("spec.{items_key}[{i}]")))
             .map(|l| l + start_line - 1)
             .collect()
     };
@@ -368,11 +401,7 @@ fn yaml_error(
         .location()
         .map(|l| l.line() + start_line - 1)
         .or(location.line);
-    // serde_yaml appends " at line X column Y" to its messages; the location carries that.
-    let mut message = error.to_string();
-    if let Some(cut) = message.find(" at line ") {
-        message.truncate(cut);
-    }
+    let message = crate::error::clean_yaml_message(&error.to_string());
     let field = path.filter(|p| !p.is_empty() && p != ".");
     LoadError::new(
         Location {
@@ -401,8 +430,7 @@ fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
     let mut start = 0usize;
     let mut start_line = 1usize;
     let mut offset = 0usize;
-    let mut line_no = 1usize;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1usize..).zip(text.split_inclusive('\n')) {
         let bare = line.trim_end_matches(['\n', '\r']);
         let is_marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
         if is_marker && offset > start {
@@ -411,7 +439,6 @@ fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
             start_line = line_no;
         }
         offset += line.len();
-        line_no += 1;
     }
     if offset > start || docs.is_empty() {
         docs.push((start, offset, start_line));
@@ -437,64 +464,6 @@ fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
         .collect()
 }
 
-/// 1-based lines (relative to `text`) of the entries of the block or flow list under
-/// `spec.<key>`. Best effort, for provenance only: an empty result means "use the resource line".
-fn list_item_lines(text: &str, key: &str) -> Vec<usize> {
-    let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let is_content = |l: &str| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#')
-    };
-    let Some(spec_at) = lines
-        .iter()
-        .position(|l| indent(l) == 0 && l.trim_end().starts_with("spec:"))
-    else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let needle = format!("{key}:");
-    let Some(offset) = lines[spec_at + 1..].iter().position(|l| {
-        indent(l) > 0 && l.trim_start().starts_with(&needle)
-    }) else {
-        return out;
-    };
-    let key_at = spec_at + 1 + offset;
-    let key_indent = indent(lines[key_at]);
-    let rest = lines[key_at].trim_start()[needle.len()..].trim();
-    if rest.starts_with('[') {
-        // Flow style: everything on one line (or close to it); attribute all items to it.
-        out.resize(512, key_at + 1);
-        return out;
-    }
-    let mut item_indent = None;
-    for (i, line) in lines.iter().enumerate().skip(key_at + 1) {
-        if !is_content(line) {
-            continue;
-        }
-        let ind = indent(line);
-        let dash = line.trim_start().starts_with('-');
-        match item_indent {
-            None => {
-                if !dash || ind < key_indent {
-                    break;
-                }
-                item_indent = Some(ind);
-                out.push(i + 1);
-            }
-            Some(want) => {
-                if ind < want || (ind == want && !dash) {
-                    break;
-                }
-                if ind == want && dash {
-                    out.push(i + 1);
-                }
-            }
-        }
-    }
-    out
-}
-
 /// A workload from a Deployment-like object (pod template) or a Pod.
 fn workload_from_manifest(kind: &str, object: &serde_json::Value) -> Option<Workload> {
     let meta = object.get("metadata")?;
@@ -509,7 +478,9 @@ fn workload_from_manifest(kind: &str, object: &serde_json::Value) -> Option<Work
     } else {
         let template = object.get("spec").and_then(|s| s.get("template"));
         (
-            template.and_then(|t| t.get("metadata")).and_then(|m| m.get("labels")),
+            template
+                .and_then(|t| t.get("metadata"))
+                .and_then(|m| m.get("labels")),
             template.and_then(|t| t.get("spec")),
         )
     };
@@ -522,14 +493,20 @@ fn workload_from_manifest(kind: &str, object: &serde_json::Value) -> Option<Work
         })
         .unwrap_or_default();
     let service_account = pod_spec
-        .and_then(|s| s.get("serviceAccountName").or_else(|| s.get("serviceAccount")))
+        .and_then(|s| {
+            s.get("serviceAccountName")
+                .or_else(|| s.get("serviceAccount"))
+        })
         .and_then(|s| s.as_str())
         .unwrap_or("default")
         .to_string();
     let mut ips = Vec::new();
     if kind == "Pod" {
         let status = object.get("status");
-        if let Some(list) = status.and_then(|s| s.get("podIPs")).and_then(|l| l.as_array()) {
+        if let Some(list) = status
+            .and_then(|s| s.get("podIPs"))
+            .and_then(|l| l.as_array())
+        {
             ips.extend(
                 list.iter()
                     .filter_map(|e| e.get("ip")?.as_str()?.parse::<std::net::IpAddr>().ok()),
@@ -564,11 +541,5 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].first_content_line, 3);
         assert_eq!(docs[1].first_content_line, 7);
-    }
-
-    #[test]
-    fn finds_rule_lines_block_style() {
-        let text = "kind: X\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source: {}\n  # c\n  - to: []\n  - {}\n";
-        assert_eq!(list_item_lines(text, "rules"), vec![5, 8, 9]);
     }
 }

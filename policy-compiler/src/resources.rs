@@ -14,26 +14,26 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ObjectMeta {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub namespace: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_map")]
     pub labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_map")]
     pub annotations: BTreeMap<String, String>,
     /// RFC 3339; PeerAuthentication's "oldest wins" tie-break reads it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub creation_timestamp: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub generate_name: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub uid: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub resource_version: Option<String>,
     #[serde(default)]
     pub generation: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub deletion_timestamp: Option<String>,
     #[serde(default)]
     pub deletion_grace_period_seconds: Option<i64>,
@@ -43,7 +43,7 @@ pub struct ObjectMeta {
     pub owner_references: Vec<serde_json::Value>,
     #[serde(default)]
     pub managed_fields: Vec<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub self_link: Option<String>,
 }
 
@@ -65,26 +65,28 @@ pub struct Object<S> {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSelector {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_map")]
     pub match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetReference {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub group: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub namespace: String,
 }
 
 // === AuthorizationPolicy ===
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Action {
     #[default]
@@ -127,7 +129,7 @@ pub struct AuthorizationPolicySpec {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExtensionProviderRef {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub name: String,
 }
 
@@ -159,33 +161,33 @@ pub struct To {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub principals: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_principals: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub request_principals: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_request_principals: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub namespaces: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_namespaces: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub service_accounts: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_service_accounts: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub ip_blocks: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_ip_blocks: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub remote_ip_blocks: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_remote_ip_blocks: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub trust_domains: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_trust_domains: Vec<String>,
 }
 
@@ -198,21 +200,21 @@ impl Source {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Operation {
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub hosts: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_hosts: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub ports: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_ports: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub methods: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_methods: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub paths: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_paths: Vec<String>,
 }
 
@@ -225,11 +227,11 @@ impl Operation {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Condition {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub key: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub values: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub not_values: Vec<String>,
 }
 
@@ -312,49 +314,99 @@ pub struct RequestAuthenticationSpec {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtRule {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub issuer: String,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub audiences: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub jwks_uri: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub jwks: String,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub from_headers: Vec<JwtHeader>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub from_params: Vec<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub from_cookies: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub output_payload_to_header: String,
     #[serde(default)]
     pub forward_original_token: bool,
     #[serde(default, deserialize_with = "null_as_empty")]
     pub output_claim_to_headers: Vec<ClaimToHeader>,
     /// JWKS fetch timeout, a duration such as `5s` (Istio's default).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_opt_string")]
     pub timeout: Option<String>,
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(default, deserialize_with = "strict_strings")]
     pub space_delimited_claims: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtHeader {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub prefix: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClaimToHeader {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub header: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "strict_string")]
     pub claim: String,
+}
+
+/// A string that was written as a string: Kubernetes rejects `ports: [8080]` or `values: [true]`
+/// for string fields (the CRD schema says `type: string`), and so do we. YAML's plain scalars
+/// that read as numbers, booleans or null are not strings; quote them (`"8080"`).
+struct StrictString(String);
+
+impl<'de> Deserialize<'de> for StrictString {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StrictString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string (quote numbers and booleans, e.g. \"8080\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrictString, E> {
+                Ok(StrictString(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StrictString, E> {
+                Ok(StrictString(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn strict_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<StrictString>::deserialize(d)?
+        .map(|s| s.0)
+        .unwrap_or_default())
+}
+
+fn strict_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<StrictString>::deserialize(d)?.map(|s| s.0))
+}
+
+fn strict_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(Option::<Vec<StrictString>>::deserialize(d)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.0)
+        .collect())
+}
+
+fn strict_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(Option::<BTreeMap<String, StrictString>>::deserialize(d)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect())
 }
 
 /// YAML `field:` with no value is `null`; Kubernetes treats it as an empty list.

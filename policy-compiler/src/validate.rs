@@ -64,7 +64,10 @@ pub fn authorization_policy(
             if spec.provider.is_some() {
                 e.push(
                     "spec.provider",
-                    format!("`provider` is only allowed with `action: CUSTOM`, not {}", action.as_str()),
+                    format!(
+                        "`provider` is only allowed with `action: CUSTOM`, not {}",
+                        action.as_str()
+                    ),
                 );
             }
             if action == Action::Deny && spec.rules.is_none() {
@@ -81,34 +84,52 @@ pub fn authorization_policy(
     for (i, rule) in rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
         let Some(rule) = rule else {
-            e.push(at, "a rule must not be null; use `{}` for a rule that matches everything");
+            e.push(
+                at,
+                "a rule must not be null; use `{}` for a rule that matches everything",
+            );
             continue;
         };
         if let Some(from) = &rule.from {
             if from.is_empty() {
-                e.push(format!("{at}.from"), "`from` is present but empty; remove it to match any source");
+                e.push(
+                    format!("{at}.from"),
+                    "`from` is present but empty; remove it to match any source",
+                );
             }
             if from.len() > MAX_FROM {
-                e.push(format!("{at}.from"), format!("{} entries; at most {MAX_FROM} are allowed", from.len()));
+                e.push(
+                    format!("{at}.from"),
+                    format!("{} entries; at most {MAX_FROM} are allowed", from.len()),
+                );
             }
             for (j, f) in from.iter().enumerate() {
                 let at = format!("{at}.from[{j}].source");
                 match &f.source {
                     None => e.push(at, "`source` must be set"),
-                    Some(s) if s.is_empty() => e.push(at, "`source` has no fields; remove this `from` entry or set a field"),
+                    Some(s) if s.is_empty() => e.push(
+                        at,
+                        "`source` has no fields; remove this `from` entry or set a field",
+                    ),
                     Some(s) => source(&mut e, &at, s, &ap.namespace, spec.action),
                 }
             }
         }
         if let Some(to) = &rule.to {
             if to.is_empty() {
-                e.push(format!("{at}.to"), "`to` is present but empty; remove it to match any operation");
+                e.push(
+                    format!("{at}.to"),
+                    "`to` is present but empty; remove it to match any operation",
+                );
             }
             for (j, t) in to.iter().enumerate() {
                 let at = format!("{at}.to[{j}].operation");
                 match &t.operation {
                     None => e.push(at, "`operation` must be set"),
-                    Some(o) if o.is_empty() => e.push(at, "`operation` has no fields; remove this `to` entry or set a field"),
+                    Some(o) if o.is_empty() => e.push(
+                        at,
+                        "`operation` has no fields; remove this `to` entry or set a field",
+                    ),
                     Some(o) => operation(&mut e, &at, o),
                 }
             }
@@ -192,12 +213,18 @@ fn source(e: &mut Errors<'_>, at: &str, s: &Source, _namespace: &str, action: Ac
     for (name, list) in lists {
         for (k, v) in list.iter().enumerate() {
             if v.is_empty() {
-                e.push(format!("{at}.{name}[{k}]"), "empty value; remove it or give a value");
+                e.push(
+                    format!("{at}.{name}[{k}]"),
+                    "empty value; remove it or give a value",
+                );
             }
         }
         if action == Action::Custom
             && !list.is_empty()
-            && !matches!(name, "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks")
+            && !matches!(
+                name,
+                "ipBlocks" | "notIpBlocks" | "remoteIpBlocks" | "notRemoteIpBlocks"
+            )
         {
             e.push(
                 format!("{at}.{name}"),
@@ -237,7 +264,10 @@ fn source(e: &mut Errors<'_>, at: &str, s: &Source, _namespace: &str, action: Ac
         if list.len() > MAX_SERVICE_ACCOUNTS {
             e.push(
                 format!("{at}.{name}"),
-                format!("{} entries; at most {MAX_SERVICE_ACCOUNTS} are allowed", list.len()),
+                format!(
+                    "{} entries; at most {MAX_SERVICE_ACCOUNTS} are allowed",
+                    list.len()
+                ),
             );
         }
         for (k, v) in list.iter().enumerate() {
@@ -302,10 +332,14 @@ fn selector_and_targets(
     target_ref: Option<&PolicyTargetReference>,
     target_refs: Option<&[PolicyTargetReference]>,
 ) {
-    let set = [selector.is_some(), target_ref.is_some(), target_refs.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count();
+    let set = [
+        selector.is_some(),
+        target_ref.is_some(),
+        target_refs.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
     if set > 1 {
         e.push(
             "spec",
@@ -334,7 +368,10 @@ fn selector_and_targets(
     if refs.len() > MAX_TARGET_REFS {
         e.push(
             "spec.targetRefs",
-            format!("{} entries; at most {MAX_TARGET_REFS} are allowed", refs.len()),
+            format!(
+                "{} entries; at most {MAX_TARGET_REFS} are allowed",
+                refs.len()
+            ),
         );
     }
     for (at, r) in refs {
@@ -343,6 +380,12 @@ fn selector_and_targets(
         }
         if r.name.is_empty() {
             e.push(format!("{at}.name"), "`name` must be set");
+        }
+        if !r.namespace.is_empty() {
+            e.push(
+                format!("{at}.namespace"),
+                "targetRef namespace must not be set; cross-namespace references are not supported (the target must be in the policy's namespace)",
+            );
         }
     }
 }
@@ -370,7 +413,10 @@ pub fn authorization_policy_warnings(
         let Some(rule) = rule else { continue };
         for (j, f) in rule.from.iter().flatten().enumerate() {
             let Some(s) = &f.source else { continue };
-            for (name, list) in [("principals", &s.principals), ("notPrincipals", &s.not_principals)] {
+            for (name, list) in [
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+            ] {
                 for (k, v) in list.iter().enumerate() {
                     if v.starts_with("spiffe://") {
                         warn(
@@ -395,12 +441,6 @@ pub fn authorization_policy_warnings(
         .chain(ap.spec.target_refs.iter().flatten())
         .enumerate()
     {
-        if !r.namespace.is_empty() && r.namespace != ap.namespace {
-            warn(
-                format!("spec.targetRefs[{i}].namespace"),
-                format!("targets namespace `{}` but the policy is in `{}`; a cross-namespace target never matches", r.namespace, ap.namespace),
-            );
-        }
         let supported = matches!(
             (r.group.as_str(), r.kind.as_str()),
             ("gateway.networking.k8s.io", "Gateway") | ("" | "core", "Service")
@@ -470,7 +510,10 @@ pub fn request_authentication(
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
         let at = format!("spec.jwtRules[{i}]");
         if rule.issuer.is_empty() && rule.jwks_uri.is_empty() {
-            e.push(format!("{at}.issuer"), "`issuer` must be set (it may be omitted only with `jwksUri`)");
+            e.push(
+                format!("{at}.issuer"),
+                "`issuer` must be set (it may be omitted only with `jwksUri`)",
+            );
         }
         if !rule.jwks.is_empty() && !rule.jwks_uri.is_empty() {
             e.push(&at, "set only one of `jwks` and `jwksUri`");
@@ -478,14 +521,22 @@ pub fn request_authentication(
         if !rule.jwks_uri.is_empty() {
             let uri = &rule.jwks_uri;
             if uri.len() > MAX_JWKS_URI_LEN {
-                e.push(format!("{at}.jwksUri"), format!("longer than {MAX_JWKS_URI_LEN} characters"));
+                e.push(
+                    format!("{at}.jwksUri"),
+                    format!("longer than {MAX_JWKS_URI_LEN} characters"),
+                );
             }
             let ok = (uri.starts_with("https://") || uri.starts_with("http://"))
                 && uri.split_once("://").is_some_and(|(_, rest)| {
-                    !rest.is_empty() && !rest.starts_with('/') && !rest.contains(char::is_whitespace)
+                    !rest.is_empty()
+                        && !rest.starts_with('/')
+                        && !rest.contains(char::is_whitespace)
                 });
             if !ok {
-                e.push(format!("{at}.jwksUri"), format!("`{uri}` is not an http:// or https:// URL"));
+                e.push(
+                    format!("{at}.jwksUri"),
+                    format!("`{uri}` is not an http:// or https:// URL"),
+                );
             }
         }
         if !rule.jwks.is_empty() {
@@ -495,37 +546,67 @@ pub fn request_authentication(
         }
         for (j, a) in rule.audiences.iter().enumerate() {
             if a.is_empty() {
-                e.push(format!("{at}.audiences[{j}]"), "empty value; remove it or give an audience");
+                e.push(
+                    format!("{at}.audiences[{j}]"),
+                    "empty value; remove it or give an audience",
+                );
             }
         }
         for (j, h) in rule.from_headers.iter().enumerate() {
             if h.name.is_empty() {
                 e.push(format!("{at}.fromHeaders[{j}].name"), "`name` must be set");
             } else if !is_header_name(&h.name) {
-                e.push(format!("{at}.fromHeaders[{j}].name"), format!("`{}` is not a valid HTTP header name", h.name));
+                e.push(
+                    format!("{at}.fromHeaders[{j}].name"),
+                    format!("`{}` is not a valid HTTP header name", h.name),
+                );
             }
         }
-        for (field, list) in [("fromParams", &rule.from_params), ("fromCookies", &rule.from_cookies), ("spaceDelimitedClaims", &rule.space_delimited_claims)] {
+        for (field, list) in [
+            ("fromParams", &rule.from_params),
+            ("fromCookies", &rule.from_cookies),
+            ("spaceDelimitedClaims", &rule.space_delimited_claims),
+        ] {
             for (j, v) in list.iter().enumerate() {
                 if v.is_empty() {
-                    e.push(format!("{at}.{field}[{j}]"), "empty value; remove it or give a name");
+                    e.push(
+                        format!("{at}.{field}[{j}]"),
+                        "empty value; remove it or give a name",
+                    );
                 }
             }
         }
-        if !rule.output_payload_to_header.is_empty() && !is_header_name(&rule.output_payload_to_header) {
-            e.push(format!("{at}.outputPayloadToHeader"), format!("`{}` is not a valid HTTP header name", rule.output_payload_to_header));
+        if !rule.output_payload_to_header.is_empty()
+            && !is_header_name(&rule.output_payload_to_header)
+        {
+            e.push(
+                format!("{at}.outputPayloadToHeader"),
+                format!(
+                    "`{}` is not a valid HTTP header name",
+                    rule.output_payload_to_header
+                ),
+            );
         }
         for (j, c) in rule.output_claim_to_headers.iter().enumerate() {
             if c.header.is_empty() || !is_header_name(&c.header) {
-                e.push(format!("{at}.outputClaimToHeaders[{j}].header"), format!("`{}` is not a valid HTTP header name", c.header));
+                e.push(
+                    format!("{at}.outputClaimToHeaders[{j}].header"),
+                    format!("`{}` is not a valid HTTP header name", c.header),
+                );
             }
             if c.claim.is_empty() {
-                e.push(format!("{at}.outputClaimToHeaders[{j}].claim"), "`claim` must be set");
+                e.push(
+                    format!("{at}.outputClaimToHeaders[{j}].claim"),
+                    "`claim` must be set",
+                );
             }
         }
         if let Some(t) = &rule.timeout {
             if parse_duration(t).is_none() {
-                e.push(format!("{at}.timeout"), format!("`{t}` is not a duration such as `5s` or `500ms`"));
+                e.push(
+                    format!("{at}.timeout"),
+                    format!("`{t}` is not a duration such as `5s` or `500ms`"),
+                );
             }
         }
     }
@@ -575,11 +656,15 @@ pub fn check_service_account(v: &str) -> Result<(), String> {
         return Err(format!("longer than {MAX_SERVICE_ACCOUNT_LEN} characters"));
     }
     if v.contains('*') {
-        return Err(format!("`{v}`: wildcards are not allowed in service accounts"));
+        return Err(format!(
+            "`{v}`: wildcards are not allowed in service accounts"
+        ));
     }
     let parts: Vec<&str> = v.split('/').collect();
     if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
-        return Err(format!("`{v}` must be `<service account>` or `<namespace>/<service account>`"));
+        return Err(format!(
+            "`{v}` must be `<service account>` or `<namespace>/<service account>`"
+        ));
     }
     Ok(())
 }
@@ -591,7 +676,9 @@ pub fn check_trust_domain(v: &str) -> Result<(), String> {
     }
     let stars = v.matches('*').count();
     if stars > 1 || (stars == 1 && !(v.starts_with('*') || v.ends_with('*'))) {
-        return Err(format!("`{v}`: a trust domain may hold one `*`, only at its start or end"));
+        return Err(format!(
+            "`{v}`: a trust domain may hold one `*`, only at its start or end"
+        ));
     }
     Ok(())
 }
@@ -629,7 +716,6 @@ pub fn parse_duration(v: &str) -> Option<std::time::Duration> {
 /// RFC 7230 token characters.
 pub fn is_header_name(v: &str) -> bool {
     !v.is_empty()
-        && v.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

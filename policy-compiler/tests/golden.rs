@@ -2,6 +2,13 @@
 //! test names). Every snapshot is also validated against the generated schema. Review changes
 //! with `cargo insta review`; CI fails on any difference.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
 use policy_compiler::{compile, Inputs, MeshConfig, MeshFile};
 
 #[test]
@@ -13,7 +20,12 @@ fn golden_cedar_output() {
             .lines()
             .next()
             .and_then(|l| l.strip_prefix("# mesh: "))
-            .map(|m| serde_yaml::from_str::<MeshFile>(&format!("mesh: {m}")).unwrap().mesh.unwrap())
+            .map(|m| {
+                serde_yaml::from_str::<MeshFile>(&format!("mesh: {m}"))
+                    .unwrap()
+                    .mesh
+                    .unwrap()
+            })
             .unwrap_or_else(MeshConfig::default);
         let mut inputs = Inputs::default();
         let name = path.file_name().unwrap().to_string_lossy().to_string();

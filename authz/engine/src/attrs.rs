@@ -87,11 +87,29 @@ mod tests {
 
     #[test]
     fn spiffe_ids() {
-        assert_eq!(spiffe_trust_domain("spiffe://cluster.local/ns/a/sa/b"), Ok("cluster.local"));
-        assert_eq!(spiffe_trust_domain("O=cluster.local"), Err(SpiffeError::NotSpiffe));
-        assert_eq!(spiffe_trust_domain("spiffe:///ns/a"), Err(SpiffeError::Malformed));
-        assert_eq!(spiffe_trust_domain("spiffe://td/ns//sa/b"), Err(SpiffeError::Malformed));
-        assert_eq!(spiffe_trust_domain("spiffe://td/ns/a/"), Err(SpiffeError::Malformed));
-        assert_eq!(spiffe_trust_domain("spiffe://td"), Err(SpiffeError::Malformed));
+        assert_eq!(
+            spiffe_trust_domain("spiffe://cluster.local/ns/a/sa/b"),
+            Ok("cluster.local")
+        );
+        assert_eq!(
+            spiffe_trust_domain("O=cluster.local"),
+            Err(SpiffeError::NotSpiffe)
+        );
+        assert_eq!(
+            spiffe_trust_domain("spiffe:///ns/a"),
+            Err(SpiffeError::Malformed)
+        );
+        assert_eq!(
+            spiffe_trust_domain("spiffe://td/ns//sa/b"),
+            Err(SpiffeError::Malformed)
+        );
+        assert_eq!(
+            spiffe_trust_domain("spiffe://td/ns/a/"),
+            Err(SpiffeError::Malformed)
+        );
+        assert_eq!(
+            spiffe_trust_domain("spiffe://td"),
+            Err(SpiffeError::Malformed)
+        );
     }
 }

@@ -189,7 +189,8 @@ pub fn decide(snapshot: &Snapshot, req: &RequestAttrs) -> Decision {
     let generation = snapshot.generation;
     let Some(state) = snapshot.workloads.get(&req.workload) else {
         let mut d = Decision::new(Verdict::Deny, Reason::UnknownWorkload, generation);
-        d.errors.push(format!("unknown workload `{}`", req.workload));
+        d.errors
+            .push(format!("unknown workload `{}`", req.workload));
         return d;
     };
     let Some(class) = snapshot.classes.get(state.class) else {
@@ -286,7 +287,8 @@ pub fn decide(snapshot: &Snapshot, req: &RequestAttrs) -> Decision {
                 upstream = v.upstream;
                 claims = Some(v.claims);
             }
-            Err((error, source)) => {
+            Err(failure) => {
+                let (error, source) = *failure;
                 if let Some(d) = custom_denial(&inputs) {
                     return d;
                 }
@@ -331,10 +333,17 @@ pub fn decide(snapshot: &Snapshot, req: &RequestAttrs) -> Decision {
         let default_only = reasons.iter().all(|r| *r == DEFAULT_ALLOW_ID);
         let mut d = Decision::new(
             Verdict::Allow,
-            if default_only { Reason::NoAllowPolicy } else { Reason::AllowMatched },
+            if default_only {
+                Reason::NoAllowPolicy
+            } else {
+                Reason::AllowMatched
+            },
             generation,
         );
-        d.determining = reasons.iter().filter_map(|r| policy_match(snapshot, r)).collect();
+        d.determining = reasons
+            .iter()
+            .filter_map(|r| policy_match(snapshot, r))
+            .collect();
         d
     } else if reasons.is_empty() {
         let mut d = Decision::new(Verdict::Deny, Reason::NoAllowMatched, generation);
@@ -342,14 +351,23 @@ pub fn decide(snapshot: &Snapshot, req: &RequestAttrs) -> Decision {
         d
     } else {
         let custom = reasons.iter().any(|r| {
-            snapshot.policy_meta(r).is_some_and(|m| m.role == Role::CustomDeny)
+            snapshot
+                .policy_meta(r)
+                .is_some_and(|m| m.role == Role::CustomDeny)
         });
         let mut d = Decision::new(
             Verdict::Deny,
-            if custom { Reason::CustomDenied } else { Reason::DenyMatched },
+            if custom {
+                Reason::CustomDenied
+            } else {
+                Reason::DenyMatched
+            },
             generation,
         );
-        d.determining = reasons.iter().filter_map(|r| policy_match(snapshot, r)).collect();
+        d.determining = reasons
+            .iter()
+            .filter_map(|r| policy_match(snapshot, r))
+            .collect();
         d
     };
 
@@ -400,7 +418,9 @@ fn observe(snapshot: &Snapshot, class: &PolicyClass, request: &Request, d: &mut 
             d.errors.push(format!("observed policy: {e}"));
         }
         for id in resp.diagnostics().reason() {
-            let Some(m) = snapshot.policy_meta(id.as_ref()) else { continue };
+            let Some(m) = snapshot.policy_meta(id.as_ref()) else {
+                continue;
+            };
             let pm = PolicyMatch::authz(&m.key, m.action, m.rule, id.as_ref());
             match m.role {
                 Role::Audit => d.audit.push(pm),
@@ -424,7 +444,7 @@ struct Verified {
     upstream: HeaderEffects,
 }
 
-type JwtFailure = (JwtError, Option<PolicyMatch>);
+type JwtFailure = Box<(JwtError, Option<PolicyMatch>)>;
 
 /// RequestAuthentication for one request. `Ok(None)`: no token (allowed to continue).
 fn authenticate(
@@ -440,7 +460,10 @@ fn authenticate(
     };
     if let Some(claims) = &req.verified_claims {
         // Verified upstream (Envoy jwt_authn): the issuer must still be one of ours.
-        let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
+        let iss = claims
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         let Some(i) = providers.iter().position(|p| p.issuer == iss) else {
             let mut keys: Vec<&ResourceKey> = providers.iter().map(|p| &p.source).collect();
             keys.dedup();
@@ -448,11 +471,14 @@ fn authenticate(
                 [one] => Some(PolicyMatch::resource("RequestAuthentication", one, None)),
                 _ => None,
             };
-            return Err((JwtError::IssuerNotConfigured(iss.to_string()), source));
+            return Err(Box::new((
+                JwtError::IssuerNotConfigured(iss.to_string()),
+                source,
+            )));
         };
         let provider = &providers[i];
         if !provider.audiences.is_empty() && !audience_ok(claims, &provider.audiences) {
-            return Err((JwtError::AudienceNotAllowed, source(i)));
+            return Err(Box::new((JwtError::AudienceNotAllowed, source(i))));
         }
         let mut claims = claims.clone();
         jwt::normalize_claims(&mut claims, &provider.space_delimited_claims);
@@ -474,7 +500,7 @@ fn authenticate(
                 [one] => Some(PolicyMatch::resource("RequestAuthentication", one, None)),
                 _ => None,
             };
-            Err((error, source))
+            Err(Box::new((error, source)))
         }
         AuthnOutcome::Verified {
             provider,
@@ -483,7 +509,10 @@ fn authenticate(
             payload,
         } => {
             let Some(p) = providers.get(provider) else {
-                return Err((JwtError::Malformed("provider index".into()), None));
+                return Err(Box::new((
+                    JwtError::Malformed("provider index".into()),
+                    None,
+                )));
             };
             let (set, remove) = jwt::upstream_headers(p, &claims, &payload, &tokens);
             let mut claims = claims;
@@ -499,7 +528,10 @@ fn authenticate(
 
 fn principal_of(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
     let iss = claims.get("iss")?.as_str()?;
-    let sub = claims.get("sub").and_then(|s| s.as_str()).unwrap_or_default();
+    let sub = claims
+        .get("sub")
+        .and_then(|s| s.as_str())
+        .unwrap_or_default();
     Some(format!("{iss}/{sub}"))
 }
 
@@ -547,7 +579,10 @@ fn build_request(
         }
     }
     if let Some(ip) = req.source_ip {
-        source.push(("ip".to_string(), RestrictedExpression::new_ip(ip.to_string())));
+        source.push((
+            "ip".to_string(),
+            RestrictedExpression::new_ip(ip.to_string()),
+        ));
     }
     let mut pairs = vec![("source".to_string(), record(source)?)];
 
@@ -570,14 +605,20 @@ fn build_request(
             .or(req.source_ip)
     });
     if let Some(ip) = remote {
-        pairs.push(("remoteIp".to_string(), RestrictedExpression::new_ip(ip.to_string())));
+        pairs.push((
+            "remoteIp".to_string(),
+            RestrictedExpression::new_ip(ip.to_string()),
+        ));
     }
     let mut destination = vec![(
         "port".to_string(),
         RestrictedExpression::new_long(i64::from(req.destination_port)),
     )];
     if let Some(ip) = req.destination_ip {
-        destination.push(("ip".to_string(), RestrictedExpression::new_ip(ip.to_string())));
+        destination.push((
+            "ip".to_string(),
+            RestrictedExpression::new_ip(ip.to_string()),
+        ));
     }
     pairs.push(("destination".to_string(), record(destination)?));
     if let Some(sni) = req.sni.as_deref().filter(|s| !s.is_empty()) {
@@ -620,7 +661,10 @@ fn build_request(
             ("method".to_string(), s(req.method.as_str())),
             ("path".to_string(), s(path)),
             ("headers".to_string(), record(headers)?),
-            ("pathTemplates".to_string(), RestrictedExpression::new_set(templates)),
+            (
+                "pathTemplates".to_string(),
+                RestrictedExpression::new_set(templates),
+            ),
         ];
         pairs.push(("http".to_string(), record(http)?));
 
@@ -631,7 +675,7 @@ fn build_request(
                     jwt.push((name.to_string(), s(v)));
                 }
             }
-            if let Some(aud) = claims.get("aud").and_then(|v| string_elements(v)) {
+            if let Some(aud) = claims.get("aud").and_then(string_elements) {
                 if let Some(enc) = encode_values(aud.iter().map(String::as_str), true) {
                     jwt.push(("aud".to_string(), s(enc)));
                 }
@@ -672,8 +716,14 @@ fn build_request(
         snapshot.peer_type.clone(),
         EntityId::new(inputs.principal.unwrap_or_default()),
     );
-    Request::new(principal, snapshot.action.clone(), state.uid.clone(), context, None)
-        .map_err(|e| e.to_string())
+    Request::new(
+        principal,
+        snapshot.action.clone(),
+        state.uid.clone(),
+        context,
+        None,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// A claim as a list of strings: a string is one element, a list keeps its string elements;
@@ -719,14 +769,21 @@ pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> 
         .as_deref()
         .filter(|p| spiffe_trust_domain(p).is_ok());
     let (mode, _) = state.mtls.mode(req.destination_port);
-    let principal = if mode == MtlsMode::Disable { None } else { principal };
+    let principal = if mode == MtlsMode::Disable {
+        None
+    } else {
+        principal
+    };
     let path = if req.protocol == Protocol::Http {
         normalize_path(&req.path, snapshot.compiled.mesh.path_normalization).ok()
     } else {
         None
     };
     let claims = if req.protocol == Protocol::Http && !state.providers.is_empty() {
-        authenticate(snapshot, state, req).ok().flatten().map(|v| v.claims)
+        authenticate(snapshot, state, req)
+            .ok()
+            .flatten()
+            .map(|v| v.claims)
     } else {
         None
     };
@@ -742,7 +799,9 @@ pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> 
     let mut out = Vec::new();
     let mut cache: BTreeMap<String, Option<bool>> = BTreeMap::new();
     for i in &class.applicable {
-        let Some(ap) = snapshot.authz(*i) else { continue };
+        let Some(ap) = snapshot.authz(*i) else {
+            continue;
+        };
         for rule in &ap.rules {
             let conditions = rule
                 .conditions

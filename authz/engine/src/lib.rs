@@ -3,7 +3,10 @@
 //! Pure and synchronous: no tokio, no I/O, no clock. The only code that calls Cedar's
 //! `Authorizer`. Hosts build [`RequestAttrs`], hold an `Arc<Snapshot>` and call [`decide`].
 #![warn(missing_docs)]
-#![allow(missing_docs, reason = "documented at module level; item docs where they say more than the name")]
+#![allow(
+    missing_docs,
+    reason = "documented at module level; item docs where they say more than the name"
+)]
 
 pub mod attrs;
 pub mod decide;

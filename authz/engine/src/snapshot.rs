@@ -152,7 +152,11 @@ impl Snapshot {
 
         // Entities: namespaces and workloads.
         let mut entities = Vec::new();
-        let mut namespaces: Vec<&str> = compiled.workloads.iter().map(|w| w.namespace.as_str()).collect();
+        let mut namespaces: Vec<&str> = compiled
+            .workloads
+            .iter()
+            .map(|w| w.namespace.as_str())
+            .collect();
         namespaces.sort_unstable();
         namespaces.dedup();
         for ns in &namespaces {
@@ -165,19 +169,39 @@ impl Snapshot {
         let mut workloads = HashMap::new();
         let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
         for w in &compiled.workloads {
-            let uid = EntityUid::from_type_name_and_id(workload_type.clone(), EntityId::new(w.key()));
-            let parent = EntityUid::from_type_name_and_id(namespace_type.clone(), EntityId::new(&w.namespace));
+            let uid =
+                EntityUid::from_type_name_and_id(workload_type.clone(), EntityId::new(w.key()));
+            let parent = EntityUid::from_type_name_and_id(
+                namespace_type.clone(),
+                EntityId::new(&w.namespace),
+            );
             let mut attrs = vec![
-                ("namespace".to_string(), RestrictedExpression::new_string(w.namespace.clone())),
-                ("name".to_string(), RestrictedExpression::new_string(w.name.clone())),
-                ("serviceAccount".to_string(), RestrictedExpression::new_string(w.service_account.clone())),
+                (
+                    "namespace".to_string(),
+                    RestrictedExpression::new_string(w.namespace.clone()),
+                ),
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(w.name.clone()),
+                ),
+                (
+                    "serviceAccount".to_string(),
+                    RestrictedExpression::new_string(w.service_account.clone()),
+                ),
                 (
                     "services".to_string(),
-                    RestrictedExpression::new_set(w.services.iter().map(|s| RestrictedExpression::new_string(s.clone()))),
+                    RestrictedExpression::new_set(
+                        w.services
+                            .iter()
+                            .map(|s| RestrictedExpression::new_string(s.clone())),
+                    ),
                 ),
             ];
             if let Some(g) = &w.gateway {
-                attrs.push(("gateway".to_string(), RestrictedExpression::new_string(g.clone())));
+                attrs.push((
+                    "gateway".to_string(),
+                    RestrictedExpression::new_string(g.clone()),
+                ));
             }
             let tags = w
                 .labels
@@ -198,7 +222,12 @@ impl Snapshot {
             // Istio denies every request matching any CUSTOM rule.
             let mut providers: Vec<&str> = applicable
                 .iter()
-                .filter_map(|i| compiled.authorization[*i].provider.as_ref().map(|p| p.0.as_str()))
+                .filter_map(|i| {
+                    compiled.authorization[*i]
+                        .provider
+                        .as_ref()
+                        .map(|p| p.0.as_str())
+                })
                 .collect();
             providers.sort_unstable();
             providers.dedup();
@@ -207,7 +236,8 @@ impl Snapshot {
             let class = match class_index.get(&key) {
                 Some(c) => *c,
                 None => {
-                    let class = build_class(&compiled.authorization, &key.0, conflicting, &default_allow)?;
+                    let class =
+                        build_class(&compiled.authorization, &key.0, conflicting, &default_allow)?;
                     classes.push(class);
                     class_index.insert(key, classes.len() - 1);
                     classes.len() - 1
@@ -229,7 +259,10 @@ impl Snapshot {
                         .flat_map(|ra| ra.providers.iter().cloned())
                         .collect();
                     list.sort_by(|a, b| {
-                        a.issuer.cmp(&b.issuer).then(a.source.cmp(&b.source)).then(a.rule.cmp(&b.rule))
+                        a.issuer
+                            .cmp(&b.issuer)
+                            .then(a.source.cmp(&b.source))
+                            .then(a.rule.cmp(&b.rule))
                     });
                     Arc::new(list)
                 })
@@ -330,7 +363,9 @@ impl Snapshot {
         if p.jwks.is_some() {
             return self.inline_keys.get(&(p.source.clone(), p.rule)).cloned();
         }
-        p.jwks_uri.as_ref().and_then(|u| self.remote_keys.get(u).cloned())
+        p.jwks_uri
+            .as_ref()
+            .and_then(|u| self.remote_keys.get(u).cloned())
     }
 
     pub(crate) fn authz(&self, index: usize) -> Option<&AuthzPolicy> {
