@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use authz_engine::{decide, explain, Protocol, RequestAttrs, Snapshot, Verdict};
 use policy_compiler::Workload;
 
-use crate::{sources, OutputFormat};
+use crate::OutputFormat;
+use authz_loader as sources;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {

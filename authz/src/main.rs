@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use authz_loader as sources;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod check;
-mod sources;
 mod testfile;
 
 #[derive(Debug, Parser)]

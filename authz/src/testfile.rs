@@ -120,7 +120,7 @@ pub struct Prepared {
 /// are the policies and manifests the tests load, not tests, and are skipped; a file named
 /// explicitly is always run as a test file.
 pub fn test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
-    let files = crate::sources::policy_files(paths)?;
+    let files = authz_loader::policy_files(paths)?;
     Ok(files
         .into_iter()
         .filter(|f| {
@@ -179,7 +179,7 @@ pub fn prepare(
                 field: (path != ".").then_some(path),
                 ..Location::file(&name)
             },
-            crate::sources::strip_location(&inner.to_string()),
+            authz_loader::strip_location(&inner.to_string()),
         )]
     })?;
     let base = file.parent().unwrap_or(Path::new("."));
@@ -191,7 +191,7 @@ pub fn prepare(
             errors.extend(inputs.load_str(&shown, entry));
         } else {
             let path = base.join(entry);
-            errors.extend(crate::sources::load_policies(&[path], &mut inputs));
+            errors.extend(authz_loader::load_policies(&[path], &mut inputs));
         }
     }
     if !errors.is_empty() {
@@ -237,7 +237,7 @@ pub fn prepare(
     let snapshot = Snapshot::build(compiled, 1)
         .map_err(|e| vec![LoadError::new(Location::file(&name), e.to_string())])?;
     let snapshot = if fetch_jwks {
-        crate::sources::with_fetched_keys(snapshot, warn)
+        authz_loader::with_fetched_keys(snapshot, warn)
     } else {
         snapshot
     };

@@ -1005,7 +1005,7 @@ fn effective_mtls(pas: &[PeerAuthn], w: &Wl, port: u16) -> MtlsMode {
         .iter()
         .find(|p| p.ns != ROOT_NS && p.ns == w.ns && !has_selector(p));
     let workload = pas.iter().find(|p| {
-        (p.ns == ROOT_NS || p.ns == w.ns) && has_selector(p) && selector_matches(&p.selector, w)
+        p.ns != ROOT_NS && p.ns == w.ns && has_selector(p) && selector_matches(&p.selector, w)
     });
     let mut mode = MtlsMode::Permissive;
     for level in [mesh, namespace, workload].into_iter().flatten() {

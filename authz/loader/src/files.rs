@@ -1,9 +1,8 @@
-//! Reading policy inputs from disk for every command: files, directories (every `*.yaml`,
-//! `*.yml`, `*.json`, recursively, in sorted order) and `-` for standard input; the `--mesh`
-//! file; and `jwksUri` keys fetched over HTTP(S).
+//! Reading policy inputs from disk: files, directories (every `*.yaml`, `*.yml`, `*.json`,
+//! recursively, in sorted order) and `-` for standard input; the `--mesh` file; and `jwksUri`
+//! keys fetched over HTTP(S).
 //!
-//! State owned: none beyond what a call returns. The server and the native filter reuse
-//! [`load_policies`] and [`fetch_jwks`] so every host reads inputs the same way.
+//! State owned: none beyond what a call returns.
 
 use std::collections::HashMap;
 use std::io::Read;
