@@ -570,11 +570,10 @@ fn compile_authorization(
             },
             conditions,
         });
-        let needs_split = http != tcp;
-        let http_guard = Expr::atom("context has http");
         let base = format!("{key}[{index}]");
-        // (id suffix, role, condition, protocol note)
-        let mut variants: Vec<(String, Role, Expr, Option<&str>)> = Vec::new();
+        let usable_provider = matches!(provider, Some((_, Some(_))));
+        // An HTTP ext_authz provider is not consulted on TCP connections.
+        let http_provider = matches!(provider, Some((_, Some(ProviderKind::Http))));
         let roles: Vec<Role> = match (spec.action, dry_run) {
             (Action::Allow, false) => vec![Role::Allow],
             (Action::Allow, true) => vec![Role::DryRunAllow],
@@ -582,49 +581,19 @@ fn compile_authorization(
             (Action::Deny, true) => vec![Role::DryRunDeny],
             (Action::Audit, _) => vec![Role::Audit],
             // Istio still calls the provider for a dry-run CUSTOM policy (a known limitation).
-            (Action::Custom, _) => match &provider {
-                Some((_, Some(_))) => vec![Role::CustomDelegate, Role::CustomDeny],
-                _ => vec![Role::CustomDeny],
-            },
+            (Action::Custom, _) if usable_provider => vec![Role::CustomDelegate, Role::CustomDeny],
+            (Action::Custom, _) => vec![Role::CustomDeny],
         };
+        let mut variants: Vec<(String, Role, Expr, Option<&str>)> = Vec::new();
         for role in roles {
-            let suffix = if role == Role::CustomDeny && roles_has_delegate(&provider) {
-                "/custom-deny"
+            let id = if role == Role::CustomDeny && usable_provider {
+                format!("{base}/custom-deny")
             } else {
-                ""
+                base.clone()
             };
-            let http_provider = matches!(provider, Some((_, Some(ProviderKind::Http))));
-            let allow_like = role == Role::Allow || role == Role::DryRunAllow;
-            if !needs_split {
-                let cond = if http_provider {
-                    Expr::and([http_guard.clone(), http.clone()])
-                } else {
-                    http.clone()
-                };
-                variants.push((format!("{base}{suffix}"), role, cond, None));
-            } else if allow_like || http_provider {
-                // ALLOW: a rule that needs an HTTP attribute is dropped on TCP (fewer allowed).
-                // An HTTP ext_authz provider is not consulted on TCP.
-                variants.push((
-                    format!("{base}{suffix}"),
-                    role,
-                    Expr::and([http_guard.clone(), http.clone()]),
-                    Some("http"),
-                ));
-            } else {
-                // DENY-like: on TCP only the HTTP fields are dropped (more denied).
-                variants.push((
-                    format!("{base}{suffix}"),
-                    role,
-                    Expr::and([http_guard.clone(), http.clone()]),
-                    Some("http"),
-                ));
-                variants.push((
-                    format!("{base}{suffix}/tcp"),
-                    role,
-                    Expr::and([Expr::not(http_guard.clone()), tcp.clone()]),
-                    Some("tcp"),
-                ));
+            let allow_like = matches!(role, Role::Allow | Role::DryRunAllow);
+            for (suffix, cond, proto) in protocol_forms(&http, &tcp, allow_like, http_provider) {
+                variants.push((format!("{id}{suffix}"), role, cond, proto));
             }
         }
         for (id, role, cond, proto) in variants {
@@ -676,8 +645,31 @@ fn compile_authorization(
     })
 }
 
-fn roles_has_delegate(provider: &Option<(String, Option<ProviderKind>)>) -> bool {
-    matches!(provider, Some((_, Some(_))))
+/// The Cedar condition(s) of one rule (§1.10). One form when HTTP and TCP agree. Otherwise an
+/// ALLOW rule (or one for an HTTP provider) applies to HTTP only — dropped on TCP, so fewer
+/// requests pass — and a DENY-like rule gets a TCP form without its HTTP fields, so more are
+/// denied.
+fn protocol_forms(
+    http: &Expr,
+    tcp: &Expr,
+    allow_like: bool,
+    http_only: bool,
+) -> Vec<(&'static str, Expr, Option<&'static str>)> {
+    let guard = Expr::atom("context has http");
+    if http_only || (allow_like && http != tcp) {
+        return vec![("", Expr::and([guard, http.clone()]), Some("http"))];
+    }
+    if http == tcp {
+        return vec![("", http.clone(), None)];
+    }
+    vec![
+        ("", Expr::and([guard.clone(), http.clone()]), Some("http")),
+        (
+            "/tcp",
+            Expr::and([Expr::not(guard), tcp.clone()]),
+            Some("tcp"),
+        ),
+    ]
 }
 
 struct PolicyText<'a> {
@@ -942,7 +934,7 @@ impl Emitter<'_> {
                 let guard = format!("context.http.headers has {}", string_lit(name));
                 Expr::and([
                     Expr::atom("context has http"),
-                    multi_valued(&guard, &attr, values, true),
+                    multi_valued(&guard, &attr, values),
                 ])
             }
             WhenKey::SourceIp => ip_match("context.source has ip", "context.source.ip", values),
@@ -960,7 +952,7 @@ impl Emitter<'_> {
             WhenKey::RequestAuthPrincipal => request_principals(values),
             WhenKey::RequestAuthAudiences => Expr::and([
                 Expr::atom("context has jwt"),
-                multi_valued("context.jwt has aud", "context.jwt.aud", values, false),
+                multi_valued("context.jwt has aud", "context.jwt.aud", values),
             ]),
             WhenKey::RequestAuthPresenter => Expr::and([
                 Expr::atom("context has jwt"),
@@ -975,7 +967,6 @@ impl Emitter<'_> {
                         &format!("context.jwt.claims has {}", string_lit(&name)),
                         &format!("context.jwt.claims[{}]", string_lit(&name)),
                         values,
-                        false,
                     ),
                 ])
             }
@@ -999,7 +990,6 @@ impl Emitter<'_> {
                     &format!("context.metadata has {}", string_lit(&name)),
                     &format!("context.metadata[{}]", string_lit(&name)),
                     &values,
-                    false,
                 )
             }
         }
@@ -1167,9 +1157,9 @@ fn single_valued(guard: &str, attr: &str, values: &[String], prefix: &str) -> Ex
 }
 
 /// OR of Istio string patterns over a multi-value encoded attribute (any element matches).
-/// `present_match`: `*` means "present" (headers) rather than "a non-empty element" (claims,
-/// which the engine encodes without empty elements, so both reduce to the guard).
-fn multi_valued(guard: &str, attr: &str, values: &[String], _present_match: bool) -> Expr {
+/// `*` is the guard alone: for headers it means "present" (Envoy's present_match); for claims
+/// "a non-empty element", and the engine encodes claims without empty elements.
+fn multi_valued(guard: &str, attr: &str, values: &[String]) -> Expr {
     let mut alts = Vec::new();
     for v in values {
         let enc = |s: &str| {
@@ -1213,7 +1203,7 @@ fn request_principals(values: &[String]) -> Expr {
         let (i, s) = if v == "*" {
             (Pattern::NonEmpty, Pattern::NonEmpty)
         } else if let Some((i, s)) = v.rsplit_once('/') {
-            (part_pattern(i), part_pattern(s))
+            (pattern(i), pattern(s))
         } else {
             match pattern(v) {
                 Pattern::Exact(x) => (Pattern::Exact(x), Pattern::Exact(String::new())),
@@ -1225,10 +1215,6 @@ fn request_principals(values: &[String]) -> Expr {
         alts.push(Expr::and([iss(i), sub(s)]));
     }
     Expr::and([Expr::atom("context has jwt"), Expr::or(alts)])
-}
-
-fn part_pattern(v: &str) -> Pattern {
-    pattern(v)
 }
 
 fn part_match(guard: &str, attr: &str, p: Pattern) -> Expr {

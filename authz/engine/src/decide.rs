@@ -186,6 +186,15 @@ impl Decision {
 
 /// Decides one request against one snapshot.
 pub fn decide(snapshot: &Snapshot, req: &RequestAttrs) -> Decision {
+    decide_with(snapshot, req, &crate::cache::NoCache)
+}
+
+/// [`decide`] with the host's verified-token cache.
+pub fn decide_with(
+    snapshot: &Snapshot,
+    req: &RequestAttrs,
+    tokens: &dyn crate::cache::TokenCache,
+) -> Decision {
     let generation = snapshot.generation;
     let Some(state) = snapshot.workloads.get(&req.workload) else {
         let mut d = Decision::new(Verdict::Deny, Reason::UnknownWorkload, generation);

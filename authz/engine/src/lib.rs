@@ -9,11 +9,13 @@
 )]
 
 pub mod attrs;
+pub mod cache;
 pub mod decide;
 pub mod jwt;
 pub mod path;
 pub mod snapshot;
 
 pub use attrs::{Protocol, RequestAttrs};
-pub use decide::{decide, explain, Decision, PolicyMatch, Reason, Verdict};
+pub use cache::{NoCache, TokenCache, TokenKey, VerifiedToken};
+pub use decide::{decide, decide_with, explain, Decision, PolicyMatch, Reason, Verdict};
 pub use snapshot::{Snapshot, SnapshotError};
