@@ -8,19 +8,24 @@
 
 use std::sync::Arc;
 
-/// A token whose signature verified.
+/// A token whose signature verified against the key set `keys_id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedToken {
     /// The payload as JSON, as sent.
     pub claims: serde_json::Map<String, serde_json::Value>,
     /// The decoded payload text (for `outputPayloadToHeader`).
     pub payload: String,
+    pub iss: String,
+    pub audiences: Vec<String>,
     /// The token's `exp`, if any: an entry must not outlive it.
     pub exp: Option<u64>,
+    pub nbf: Option<u64>,
+    /// [`crate::jwt::KeySet::id`] of the keys that verified the signature.
+    pub keys_id: u64,
 }
 
-/// Cache key: SHA-256 of the raw token and the id of the key set it verified against.
-pub type TokenKey = ([u8; 32], u64);
+/// Cache key: SHA-256 of the raw token.
+pub type TokenKey = [u8; 32];
 
 pub trait TokenCache: Send + Sync {
     fn get(&self, key: &TokenKey) -> Option<Arc<VerifiedToken>>;

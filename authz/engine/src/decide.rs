@@ -289,7 +289,7 @@ pub fn decide_with(
     let mut request_auth = None;
     let mut upstream = HeaderEffects::default();
     if req.protocol == Protocol::Http && !state.providers.is_empty() {
-        match authenticate(snapshot, state, req) {
+        match authenticate(snapshot, state, req, tokens) {
             Ok(None) => {}
             Ok(Some(v)) => {
                 request_auth = v.principal.map(|principal| RequestAuth { principal });
@@ -460,6 +460,7 @@ fn authenticate(
     snapshot: &Snapshot,
     state: &WorkloadState,
     req: &RequestAttrs,
+    tokens: &dyn crate::cache::TokenCache,
 ) -> Result<Option<Verified>, JwtFailure> {
     let providers = state.providers.as_slice();
     let source = |i: usize| {
@@ -499,7 +500,15 @@ fn authenticate(
     }
     let (_, query) = split_path(&req.path);
     let keys = |i: usize| providers.get(i).and_then(|p| snapshot.keys_for(p));
-    match jwt::authenticate(providers, &keys, &req.method, &req.headers, query, req.now) {
+    match jwt::authenticate_with(
+        providers,
+        &keys,
+        &req.method,
+        &req.headers,
+        query,
+        req.now,
+        tokens,
+    ) {
         AuthnOutcome::NoToken => Ok(None),
         AuthnOutcome::Failed { error, .. } => {
             // The RequestAuthentication(s) of the workload rejected it.
@@ -789,7 +798,7 @@ pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> 
         None
     };
     let claims = if req.protocol == Protocol::Http && !state.providers.is_empty() {
-        authenticate(snapshot, state, req)
+        authenticate(snapshot, state, req, &crate::cache::NoCache)
             .ok()
             .flatten()
             .map(|v| v.claims)

@@ -27,6 +27,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use sha2::Digest;
+
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, URL_SAFE_NO_PAD};
 use base64::engine::DecodePaddingMode;
@@ -126,7 +128,11 @@ struct Jwk {
 pub struct KeySet {
     keys: Vec<Jwk>,
     skipped: usize,
+    /// Unique per parse, so the verified-token cache can tell rotated keys apart.
+    id: u64,
 }
+
+static NEXT_KEY_SET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl fmt::Debug for KeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,6 +176,7 @@ impl KeySet {
         let mut set = KeySet {
             keys: Vec::new(),
             skipped: 0,
+            id: NEXT_KEY_SET_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         for entry in entries {
             match entry.as_object().and_then(parse_jwk) {
@@ -192,6 +199,11 @@ impl KeySet {
     /// Number of `keys` entries that were skipped (unsupported or unusable).
     pub fn skipped(&self) -> usize {
         self.skipped
+    }
+
+    /// Identity of this parsed set (a new parse of the same JSON gets a new id).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn has_kid(&self, kid: &str) -> bool {
@@ -992,12 +1004,16 @@ fn check_signature(token: &ParsedToken<'_>, keys: &KeySet) -> Result<(), JwtErro
 /// `exp`/`nbf` with [`CLOCK_SKEW_SECS`]. Unlike Envoy, which treats `exp: 0` as "no expiry",
 /// `exp: 0` here is a date in 1970 and therefore expired.
 fn check_time(token: &ParsedToken<'_>, now: u64) -> Result<(), JwtError> {
-    if let Some(nbf) = token.nbf {
+    check_times(token.nbf, token.exp, now)
+}
+
+fn check_times(nbf: Option<u64>, exp: Option<u64>, now: u64) -> Result<(), JwtError> {
+    if let Some(nbf) = nbf {
         if now.saturating_add(CLOCK_SKEW_SECS) < nbf {
             return Err(JwtError::NotYetValid);
         }
     }
-    if let Some(exp) = token.exp {
+    if let Some(exp) = exp {
         if now > exp.saturating_add(CLOCK_SKEW_SECS) {
             return Err(JwtError::Expired);
         }
@@ -1016,10 +1032,14 @@ fn sanitize_audience(aud: &str) -> &str {
 }
 
 fn check_audience(token: &ParsedToken<'_>, allowed: &[String]) -> Result<(), JwtError> {
+    check_audiences(&token.audiences, allowed)
+}
+
+fn check_audiences(audiences: &[String], allowed: &[String]) -> Result<(), JwtError> {
     if allowed.is_empty() {
         return Ok(());
     }
-    let ok = token.audiences.iter().any(|aud| {
+    let ok = audiences.iter().any(|aud| {
         let aud = sanitize_audience(aud);
         allowed.iter().any(|a| sanitize_audience(a) == aud)
     });
@@ -1135,6 +1155,32 @@ pub fn authenticate(
     query: Option<&str>,
     now: u64,
 ) -> AuthnOutcome {
+    authenticate_with(
+        providers,
+        keys,
+        method,
+        headers,
+        query,
+        now,
+        &crate::cache::NoCache,
+    )
+}
+
+/// The longest a verified token without `exp` stays cached.
+const MAX_CACHE_SECS: u64 = 300;
+
+/// [`authenticate`] with a verified-token cache: a token whose signature already verified
+/// against the provider's current key set skips decoding and the signature check; issuer, time
+/// and audience are still checked on every request.
+pub fn authenticate_with(
+    providers: &[JwtProvider],
+    keys: &dyn Fn(usize) -> Option<Arc<KeySet>>,
+    method: &str,
+    headers: &[(String, String)],
+    query: Option<&str>,
+    now: u64,
+    cache: &dyn crate::cache::TokenCache,
+) -> AuthnOutcome {
     if is_cors_preflight(method, headers) {
         return AuthnOutcome::NoToken;
     }
@@ -1149,6 +1195,20 @@ pub fn authenticate(
             error,
             location: found.location.clone(),
         };
+        let hash: crate::cache::TokenKey = sha2::Sha256::digest(found.token.as_bytes()).into();
+        if let Some(hit) = cache.get(&hash) {
+            match verify_cached(&hit, &found.providers, providers, keys, now) {
+                CachedCheck::Verified(index) => {
+                    if primary.as_ref().is_none_or(|(best, _, _)| index < *best) {
+                        primary = Some((index, hit.claims.clone(), hit.payload.clone()));
+                    }
+                    continue;
+                }
+                CachedCheck::Failed(error) => return fail(error),
+                // Keys changed since: verify again.
+                CachedCheck::Stale => {}
+            }
+        }
         let parsed = match parse_token(&found.token) {
             Ok(parsed) => parsed,
             Err(error) => return fail(error),
@@ -1179,6 +1239,24 @@ pub fn authenticate(
         let Some(index) = verified_by else {
             return fail(first_error.unwrap_or(JwtError::BadSignature));
         };
+        if let Some(key_set) = keys(index) {
+            let ttl = parsed
+                .exp
+                .map(|exp| exp.saturating_sub(now).min(MAX_CACHE_SECS))
+                .unwrap_or(MAX_CACHE_SECS);
+            if ttl > 0 {
+                let entry = crate::cache::VerifiedToken {
+                    claims: parsed.claims.clone(),
+                    payload: parsed.payload_json.clone(),
+                    iss: parsed.iss.clone(),
+                    audiences: parsed.audiences.clone(),
+                    exp: parsed.exp,
+                    nbf: parsed.nbf,
+                    keys_id: key_set.id(),
+                };
+                cache.insert(hash, Arc::new(entry), ttl);
+            }
+        }
         if primary.as_ref().is_none_or(|(best, _, _)| index < *best) {
             primary = Some((index, parsed.claims, parsed.payload_json));
         }
@@ -1192,6 +1270,54 @@ pub fn authenticate(
         },
         // Unreachable: `tokens` is non-empty and every token either verified or returned.
         None => AuthnOutcome::NoToken,
+    }
+}
+
+enum CachedCheck {
+    Verified(usize),
+    Failed(JwtError),
+    Stale,
+}
+
+/// The per-request checks of a cached token: the same candidate providers and order as a fresh
+/// verification, but the signature is trusted only while the provider's key set is the one that
+/// verified it.
+fn verify_cached(
+    hit: &crate::cache::VerifiedToken,
+    readers: &[usize],
+    providers: &[JwtProvider],
+    keys: &dyn Fn(usize) -> Option<Arc<KeySet>>,
+    now: u64,
+) -> CachedCheck {
+    let mut first_error = None;
+    let mut any_candidate = false;
+    for &index in readers {
+        let Some(provider) = providers.get(index) else {
+            continue;
+        };
+        if !issuer_matches(provider, &hit.iss) {
+            continue;
+        }
+        any_candidate = true;
+        match keys(index) {
+            Some(k) if k.id() == hit.keys_id => {}
+            _ => return CachedCheck::Stale,
+        }
+        match check_times(hit.nbf, hit.exp, now)
+            .and_then(|()| check_audiences(&hit.audiences, &provider.audiences))
+        {
+            Ok(()) => return CachedCheck::Verified(index),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if !any_candidate {
+        return CachedCheck::Failed(JwtError::IssuerNotConfigured(clip(&hit.iss)));
+    }
+    match first_error {
+        Some(e) => CachedCheck::Failed(e),
+        None => CachedCheck::Stale,
     }
 }
 

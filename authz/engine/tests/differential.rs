@@ -1,23 +1,28 @@
-//! Differential property test: the real engine (`policy_compiler` -> Cedar -> `authz_engine::decide`)
-//! against a small, independent reference interpreter of Istio's AuthorizationPolicy and
-//! PeerAuthentication rules, written from `istio-semantics.md` §1.3-§1.7, §1.9, §1.10, §2 and §7
-//! (in the spirit of ztunnel's `rbac.rs` `matches()`: plain Rust over structs, no Cedar, and no
-//! code shared with the compiler or the engine).
+//! Differential property test: the real engine (`policy_compiler` -> Cedar ->
+//! `authz_engine::decide`) against a small, independent reference interpreter of Istio's
+//! AuthorizationPolicy and PeerAuthentication rules, written from `istio-semantics.md` §1.3-§1.7,
+//! §1.9, §1.10, §2 and §7 (in the spirit of ztunnel's `rbac.rs` `matches()`: plain Rust over
+//! structs, no Cedar, and no code shared with the compiler or the engine).
 //!
 //! Each generated case is a mesh (2-3 workloads in `foo`/`bar`), 0-4 AuthorizationPolicies
 //! (ALLOW/DENY/AUDIT, optionally dry-run), 0-4 PeerAuthentications (at most one per level, so the
 //! creation-time tie-break never matters) and 16 requests (HTTP or TCP, plaintext or mTLS). One
-//! snapshot is built per case and every request is decided by both sides.
+//! snapshot is built per case and every request is decided by both sides. Besides the verdict,
+//! the engine's reason, its determining rules and its matched AUDIT and dry-run rules must be
+//! exactly the ones the reference finds, so a wrongly compiled rule cannot hide behind another
+//! rule that decides the same way.
+//!
+//! `PROPTEST_CASES=N` runs N cases per property instead of the default (512 and 256).
 //!
 //! Values come from small pools so that rules match often. A mismatch prints the YAML, the
 //! request, both verdicts and the engine's explanation; proptest then shrinks it.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use authz_engine::{Protocol, RequestAttrs, Verdict};
+use authz_engine::{Protocol, Reason, RequestAttrs, Verdict};
 use policy_compiler::{Inputs, MeshConfig, Workload};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -34,6 +39,15 @@ const PRINCIPALS: &[&str] = &[
     "cluster.local/ns/foo/*",
     "*/sa/sleep",
     "*",
+    "td2/ns/foo/sa/sleep",
+    "cluster.local/ns/bar/sa/*",
+];
+/// Mesh `trustDomain` and `trustDomainAliases`.
+const TRUST: &[(&str, &[&str])] = &[
+    ("cluster.local", &[]),
+    ("td2", &[]),
+    ("cluster.local", &["td2"]),
+    ("td2", &["cluster.local"]),
 ];
 const NAMESPACES: &[&str] = &["foo", "bar", "*"];
 const SERVICE_ACCOUNTS: &[&str] = &["sleep", "foo/sleep", "bar/other"];
@@ -280,6 +294,8 @@ struct Req {
 
 #[derive(Debug, Clone)]
 struct Scenario {
+    /// Index into `TRUST`.
+    trust: usize,
     workloads: Vec<Wl>,
     policies: Vec<AuthzPolicy>,
     peer_authns: Vec<PeerAuthn>,
@@ -295,7 +311,7 @@ fn field(pool: &'static [&'static str], p: f64) -> impl Strategy<Value = Vec<&'s
 }
 
 fn source() -> impl Strategy<Value = Source> {
-    const P: f64 = 0.17;
+    const P: f64 = 0.13;
     (
         field(PRINCIPALS, P),
         field(PRINCIPALS, P),
@@ -336,7 +352,7 @@ fn source() -> impl Strategy<Value = Source> {
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
-    const P: f64 = 0.2;
+    const P: f64 = 0.15;
     (
         field(HOSTS, P),
         field(HOSTS, P),
@@ -427,7 +443,7 @@ fn authz_policy() -> impl Strategy<Value = AuthzPolicy> {
         prop::collection::vec(rule(), 1..=3),
     )
         .prop_map(
-            move |(ns, api_version, selector, action, explicit_allow, dry_run, mode, rules)| {
+            |(ns, api_version, selector, action, explicit_allow, dry_run, mode, rules)| {
                 let rules = match (mode, action) {
                     (_, Action::Deny) | (2, _) => Rules::List(rules),
                     (0, _) => Rules::Absent,
@@ -466,11 +482,16 @@ fn any_mode() -> impl Strategy<Value = MtlsMode> {
     ])
 }
 
+/// No selector, or `selector: {matchLabels: {}}` (the same scope).
+fn empty_selector() -> impl Strategy<Value = Selector> {
+    prop_oneof![3 => Just(None), 1 => Just(Some(Vec::new()))]
+}
+
 fn peer_authns() -> impl Strategy<Value = Vec<PeerAuthn>> {
     let ns = || select(vec!["foo", "bar"]);
     (
-        prop::option::weighted(0.3, mode()),
-        prop::option::weighted(0.3, (ns(), mode())),
+        prop::option::weighted(0.3, (mode(), empty_selector())),
+        prop::option::weighted(0.3, (ns(), mode(), empty_selector())),
         prop::option::weighted(
             0.3,
             (
@@ -484,20 +505,20 @@ fn peer_authns() -> impl Strategy<Value = Vec<PeerAuthn>> {
     )
         .prop_map(|(mesh, namespace, workload, root_selector)| {
             let mut out = Vec::new();
-            if let Some(mode) = mesh {
+            if let Some((mode, selector)) = mesh {
                 out.push(PeerAuthn {
                     name: "pa-mesh",
                     ns: ROOT_NS,
-                    selector: None,
+                    selector,
                     mode,
                     port_level: None,
                 });
             }
-            if let Some((ns, mode)) = namespace {
+            if let Some((ns, mode, selector)) = namespace {
                 out.push(PeerAuthn {
                     name: "pa-ns",
                     ns,
-                    selector: None,
+                    selector,
                     mode,
                     port_level: None,
                 });
@@ -591,21 +612,32 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(authz_policy(), 0..=4),
         prop_oneof![1 => Just(Vec::new()), 1 => peer_authns()],
         prop::collection::vec(request(), 16),
+        prop_oneof![3 => Just(0usize), 1 => 1usize..TRUST.len()],
     )
-        .prop_map(|(workloads, mut policies, peer_authns, mut requests)| {
-            for (i, p) in policies.iter_mut().enumerate() {
-                p.name = format!("p{i}");
-            }
-            for r in &mut requests {
-                r.workload %= workloads.len();
-            }
-            Scenario {
-                workloads,
-                policies,
-                peer_authns,
-                requests,
-            }
-        })
+        .prop_map(
+            |(workloads, mut policies, peer_authns, mut requests, trust)| {
+                // The first policy of each namespace is `pol`, so that names repeat across
+                // namespaces; the others are `p<i>`.
+                let mut seen = BTreeSet::new();
+                for (i, p) in policies.iter_mut().enumerate() {
+                    p.name = if seen.insert(p.ns) {
+                        "pol".to_string()
+                    } else {
+                        format!("p{i}")
+                    };
+                }
+                for r in &mut requests {
+                    r.workload %= workloads.len();
+                }
+                Scenario {
+                    trust,
+                    workloads,
+                    policies,
+                    peer_authns,
+                    requests,
+                }
+            },
+        )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -749,6 +781,8 @@ fn render(sc: &Scenario) -> String {
 
 /// What the reference sees of a request, after PeerAuthentication.
 struct View<'a> {
+    /// The mesh trust domain followed by its aliases.
+    bundle: &'a [&'a str],
     tcp: bool,
     principal: Option<&'a str>,
     ip: IpAddr,
@@ -817,6 +851,37 @@ fn principal_match(value: &str, principal: Option<&str>) -> bool {
         return p.starts_with(&format!("spiffe://{prefix}"));
     }
     p == format!("spiffe://{value}")
+}
+
+/// §1.6 trust-domain aliases: a `principals`/`source.principal` value `<td>/ns/x/sa/y` (exactly
+/// five segments) whose `<td>` is `cluster.local`, the mesh trust domain or an alias stands for
+/// one value per trust domain of the bundle; anything else is kept as written.
+fn with_aliases(values: &[&'static str], bundle: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in values {
+        let segments: Vec<&str> = v.split('/').collect();
+        let td = segments[0];
+        if segments.len() == 5
+            && !td.starts_with('*')
+            && (td == "cluster.local" || bundle.contains(&td))
+        {
+            for b in bundle {
+                out.push(format!("{b}/{}", segments[1..].join("/")));
+            }
+        } else {
+            out.push((*v).to_string());
+        }
+    }
+    out
+}
+
+/// [`field_ok`] for principals, after [`with_aliases`].
+fn principals_ok(values: &[&'static str], not_values: &[&'static str], v: &View) -> bool {
+    let values = with_aliases(values, v.bundle);
+    let not_values = with_aliases(not_values, v.bundle);
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    let not_values: Vec<&str> = not_values.iter().map(String::as_str).collect();
+    field_ok(&values, &not_values, |x| principal_match(x, v.principal))
 }
 
 /// `namespaces` / `source.namespace`: regex `.*/ns/<ns>/.*` on the principal, `*` -> `.*`.
@@ -905,9 +970,11 @@ fn header_value_match(pattern: &str, value: &str) -> bool {
 
 fn source_matches(s: &Source, policy_ns: &str, v: &View) -> bool {
     let p = v.principal;
-    field_ok(&s.principals, &s.not_principals, |x| principal_match(x, p))
+    principals_ok(&s.principals, &s.not_principals, v)
         && field_ok(&s.namespaces, &s.not_namespaces, |x| namespace_match(x, p))
-        && field_ok(&s.service_accounts, &s.not_service_accounts, |x| service_account_match(x, policy_ns, p))
+        && field_ok(&s.service_accounts, &s.not_service_accounts, |x| {
+            service_account_match(x, policy_ns, p)
+        })
         && field_ok(&s.ip_blocks, &s.not_ip_blocks, |x| ip_match(x, v.ip))
         // No request carries a JWT: request principals are absent. HTTP-only: on TCP this key
         // was dropped (only DENY/AUDIT rules get here on TCP).
@@ -937,9 +1004,7 @@ fn condition_matches(c: &Condition, v: &View) -> bool {
         CondKey::SourceNamespace => field_ok(&c.values, &c.not_values, |x| {
             namespace_match(x, v.principal)
         }),
-        CondKey::SourcePrincipal => field_ok(&c.values, &c.not_values, |x| {
-            principal_match(x, v.principal)
-        }),
+        CondKey::SourcePrincipal => principals_ok(&c.values, &c.not_values, v),
     }
 }
 
@@ -974,13 +1039,6 @@ fn rule_matches(r: &Rule, action: Action, policy_ns: &str, v: &View) -> bool {
             .as_ref()
             .is_none_or(|t| t.iter().any(|o| operation_matches(o, v)))
         && r.when.iter().all(|c| condition_matches(c, v))
-}
-
-fn policy_matches(p: &AuthzPolicy, v: &View) -> bool {
-    match &p.rules {
-        Rules::Absent | Rules::EmptyList => false,
-        Rules::List(rules) => rules.iter().any(|r| rule_matches(r, p.action, p.ns, v)),
-    }
 }
 
 fn selector_matches(selector: &Selector, w: &Wl) -> bool {
@@ -1022,19 +1080,41 @@ fn effective_mtls(pas: &[PeerAuthn], w: &Wl, port: u16) -> MtlsMode {
     mode
 }
 
-fn reference_verdict(sc: &Scenario, req: &Req) -> Verdict {
+/// The reference's view of one request: the verdict and, per kind, the rules (`ns/name`, rule
+/// index) that matched.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    verdict: Option<Verdict>,
+    /// PeerAuthentication STRICT rejected a plaintext request (no policy was evaluated).
+    mtls_rejected: bool,
+    deny: BTreeSet<(String, usize)>,
+    allow: BTreeSet<(String, usize)>,
+    audit: BTreeSet<(String, usize)>,
+    dry_run: BTreeSet<(String, usize)>,
+}
+
+fn reference(sc: &Scenario, req: &Req) -> Outcome {
     let w = &sc.workloads[req.workload];
+    let mut out = Outcome::default();
     let mut principal = req.principal;
     match effective_mtls(&sc.peer_authns, w, req.port) {
-        MtlsMode::Strict if principal.is_none() => return Verdict::Deny,
+        MtlsMode::Strict if principal.is_none() => {
+            out.verdict = Some(Verdict::Deny);
+            out.mtls_rejected = true;
+            return out;
+        }
         MtlsMode::Disable => principal = None,
         _ => {}
     }
     let path = req.path.split(['?', '#']).next().unwrap_or_default();
     let Ok(ip) = req.ip.parse::<IpAddr>() else {
-        return Verdict::Deny;
+        return out;
     };
+    let (trust_domain, aliases) = TRUST[sc.trust];
+    let mut bundle = vec![trust_domain];
+    bundle.extend(aliases.iter().filter(|a| **a != trust_domain));
     let view = View {
+        bundle: &bundle,
         tcp: req.tcp,
         principal,
         ip,
@@ -1044,27 +1124,42 @@ fn reference_verdict(sc: &Scenario, req: &Req) -> Verdict {
         host: req.host,
         roles: &req.roles,
     };
-    let applicable: Vec<&AuthzPolicy> = sc
-        .policies
-        .iter()
-        .filter(|p| (p.ns == w.ns || p.ns == ROOT_NS) && selector_matches(&p.selector, w))
-        .filter(|p| !is_dry_run(p))
-        .collect();
-    if applicable
-        .iter()
-        .any(|p| p.action == Action::Deny && policy_matches(p, &view))
-    {
-        return Verdict::Deny;
+    let mut allow_exists = false;
+    for p in &sc.policies {
+        if !((p.ns == w.ns || p.ns == ROOT_NS) && selector_matches(&p.selector, w)) {
+            continue;
+        }
+        let dry_run = is_dry_run(p);
+        if p.action == Action::Allow && !dry_run {
+            allow_exists = true;
+        }
+        let Rules::List(rules) = &p.rules else {
+            continue;
+        };
+        for (i, r) in rules.iter().enumerate() {
+            if !rule_matches(r, p.action, p.ns, &view) {
+                continue;
+            }
+            let key = (format!("{}/{}", p.ns, p.name), i);
+            // The engine lists matched AUDIT rules under `audit` whether or not they are
+            // dry-run (AUDIT never changes the verdict either way).
+            let set = match (dry_run, p.action) {
+                (_, Action::Audit) => &mut out.audit,
+                (true, _) => &mut out.dry_run,
+                (false, Action::Deny) => &mut out.deny,
+                (false, Action::Allow) => &mut out.allow,
+            };
+            set.insert(key);
+        }
     }
-    let allows: Vec<&&AuthzPolicy> = applicable
-        .iter()
-        .filter(|p| p.action == Action::Allow)
-        .collect();
-    if allows.is_empty() || allows.iter().any(|p| policy_matches(p, &view)) {
+    out.verdict = Some(if !out.deny.is_empty() {
+        Verdict::Deny
+    } else if !allow_exists || !out.allow.is_empty() {
         Verdict::Allow
     } else {
         Verdict::Deny
-    }
+    });
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1118,14 +1213,89 @@ fn engine_request(sc: &Scenario, r: &Req) -> RequestAttrs {
 struct Stats {
     scenarios: Cell<usize>,
     requests: Cell<usize>,
-    allow: Cell<usize>,
-    deny: Cell<usize>,
     tcp: Cell<usize>,
-    rules_with_effect: Cell<usize>,
+    /// Reference outcomes: mTLS rejected, DENY matched, no ALLOW policy, ALLOW matched, no ALLOW
+    /// matched.
+    reasons: [Cell<usize>; 5],
+    audit_or_dry_run: Cell<usize>,
 }
 
 fn bump(c: &Cell<usize>) {
     c.set(c.get() + 1);
+}
+
+type RuleSet = BTreeSet<(String, usize)>;
+
+fn rule_set(matches: &[authz_engine::PolicyMatch]) -> RuleSet {
+    matches
+        .iter()
+        .filter_map(|m| m.rule.map(|r| (m.policy.clone(), r)))
+        .collect()
+}
+
+/// Compares one decision with the reference outcome; `Err` says what differs.
+fn compare(o: &Outcome, d: &authz_engine::Decision) -> Result<(), String> {
+    let expected = o.verdict.unwrap_or(Verdict::Deny);
+    if d.verdict != expected {
+        return Err(format!(
+            "verdict mismatch: engine {} vs reference {}",
+            d.verdict.as_str(),
+            expected.as_str()
+        ));
+    }
+    // The reason, and the rules the engine says decided, must be the ones the reference found.
+    let (reason_ok, determining) = match &d.reason {
+        Reason::MtlsRequired => (o.mtls_rejected, None),
+        Reason::DenyMatched => (!o.mtls_rejected && !o.deny.is_empty(), Some(&o.deny)),
+        Reason::AllowMatched => (
+            !o.mtls_rejected && o.deny.is_empty() && !o.allow.is_empty(),
+            Some(&o.allow),
+        ),
+        Reason::NoAllowPolicy | Reason::NoAllowMatched => (
+            !o.mtls_rejected && o.deny.is_empty() && o.allow.is_empty(),
+            None,
+        ),
+        _ => (false, None),
+    };
+    if !reason_ok {
+        return Err(format!(
+            "reason mismatch: engine {:?}, reference {o:?}",
+            d.reason
+        ));
+    }
+    if let Some(want) = determining {
+        let got = rule_set(&d.determining);
+        if &got != want {
+            return Err(format!(
+                "determining rules differ: engine {got:?}, reference {want:?}"
+            ));
+        }
+    }
+    if !o.mtls_rejected {
+        let (audit, dry_run) = (rule_set(&d.audit), rule_set(&d.dry_run));
+        if audit != o.audit {
+            return Err(format!(
+                "matched AUDIT rules differ: engine {audit:?}, reference {:?}",
+                o.audit
+            ));
+        }
+        if dry_run != o.dry_run {
+            return Err(format!(
+                "matched dry-run rules differ: engine {dry_run:?}, reference {:?}",
+                o.dry_run
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn mesh_config(sc: &Scenario) -> MeshConfig {
+    let (trust_domain, aliases) = TRUST[sc.trust];
+    MeshConfig {
+        trust_domain: trust_domain.to_string(),
+        trust_domain_aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        ..MeshConfig::default()
+    }
 }
 
 /// Compiles the scenario and compares every request; `Err` describes the first mismatch.
@@ -1141,46 +1311,57 @@ fn check(sc: &Scenario, stats: &Stats) -> Result<(), String> {
         ));
     }
     let workloads = engine_workloads(sc);
-    let compiled = policy_compiler::compile(&inputs, &MeshConfig::default(), &workloads).map_err(
-        |errors| {
+    let compiled =
+        policy_compiler::compile(&inputs, &mesh_config(sc), &workloads).map_err(|errors| {
             let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
             format!(
                 "compile failed:\n{}\n--- YAML ---\n{yaml}",
                 errors.join("\n")
             )
-        },
-    )?;
+        })?;
     let snapshot = authz_engine::Snapshot::build(compiled, 1)
         .map_err(|e| format!("snapshot failed: {e}\n--- YAML ---\n{yaml}"))?;
     bump(&stats.scenarios);
     for req in &sc.requests {
         let attrs = engine_request(sc, req);
         let decision = authz_engine::decide(&snapshot, &attrs);
-        let expected = reference_verdict(sc, req);
+        let outcome = reference(sc, req);
         bump(&stats.requests);
-        bump(if expected == Verdict::Allow {
-            &stats.allow
-        } else {
-            &stats.deny
-        });
         if req.tcp {
             bump(&stats.tcp);
         }
-        if !decision.determining.is_empty() {
-            bump(&stats.rules_with_effect);
+        let reason = if outcome.mtls_rejected {
+            0
+        } else if !outcome.deny.is_empty() {
+            1
+        } else if outcome.verdict == Some(Verdict::Allow) && outcome.allow.is_empty() {
+            2
+        } else if !outcome.allow.is_empty() {
+            3
+        } else {
+            4
+        };
+        bump(&stats.reasons[reason]);
+        if !outcome.audit.is_empty() || !outcome.dry_run.is_empty() {
+            bump(&stats.audit_or_dry_run);
         }
-        if decision.verdict != expected {
+        if let Err(what) = compare(&outcome, &decision) {
             let workloads: Vec<String> = sc
                 .workloads
                 .iter()
                 .map(|w| format!("{} (app={}, version={})", w.key(), w.app, w.version))
                 .collect();
             return Err(format!(
-                "verdict mismatch: engine {} vs reference {}\n\
-                 --- YAML ---\n{yaml}\n--- workloads ---\n{}\n--- request ---\n{req:#?}\n\
-                 --- RequestAttrs ---\n{attrs:#?}\n--- engine decision ---\n{decision:#?}",
+                "{what}\n\
+                 engine verdict {}, reference verdict {}\n\
+                 --- YAML ---\n{yaml}\n--- mesh ---\ntrustDomain: {}, trustDomainAliases: {:?}\n\
+                 --- workloads ---\n{}\n--- request ---\n{req:#?}\n\
+                 --- RequestAttrs ---\n{attrs:#?}\n--- engine decision ---\n{decision:#?}\n\
+                 --- reference outcome ---\n{outcome:#?}",
                 decision.verdict.as_str(),
-                expected.as_str(),
+                outcome.verdict.unwrap_or(Verdict::Deny).as_str(),
+                TRUST[sc.trust].0,
+                TRUST[sc.trust].1,
                 workloads.join("\n"),
             ));
         }
@@ -1188,7 +1369,16 @@ fn check(sc: &Scenario, stats: &Stats) -> Result<(), String> {
     Ok(())
 }
 
-fn run(cases: u32, strategy: impl Strategy<Value = Scenario>) {
+/// `PROPTEST_CASES` overrides the number of cases (e.g. for a longer soak run).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs the property; `Err` is the minimal failing scenario with the mismatch.
+fn run(cases: u32, strategy: impl Strategy<Value = Scenario>) -> Result<(), String> {
     let stats = Stats::default();
     let config = Config {
         cases,
@@ -1201,29 +1391,36 @@ fn run(cases: u32, strategy: impl Strategy<Value = Scenario>) {
     let result = runner.run(&strategy, |sc| {
         check(&sc, &stats).map_err(TestCaseError::fail)
     });
+    let r = &stats.reasons;
     eprintln!(
-        "differential: {} scenarios, {} requests ({} TCP), reference ALLOW {} / DENY {}, \
-         {} with determining rules, {:.1?}",
+        "differential: {} scenarios, {} requests ({} TCP); reference outcomes: mTLS rejected {}, \
+         DENY matched {}, no ALLOW policy {}, ALLOW matched {}, no ALLOW matched {}; \
+         {} with AUDIT/dry-run matches; {:.1?}",
         stats.scenarios.get(),
         stats.requests.get(),
         stats.tcp.get(),
-        stats.allow.get(),
-        stats.deny.get(),
-        stats.rules_with_effect.get(),
+        r[0].get(),
+        r[1].get(),
+        r[2].get(),
+        r[3].get(),
+        r[4].get(),
+        stats.audit_or_dry_run.get(),
         started.elapsed(),
     );
     match result {
-        Ok(()) => {}
-        Err(TestError::Fail(reason, sc)) => {
-            panic!("minimal failing scenario:\n{reason}\n--- scenario ---\n{sc:#?}")
-        }
-        Err(e) => panic!("{e}"),
+        Ok(()) => Ok(()),
+        Err(TestError::Fail(reason, sc)) => Err(format!(
+            "minimal failing scenario:\n{reason}\n--- scenario ---\n{sc:#?}"
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }
 
 #[test]
 fn engine_agrees_with_reference() {
-    run(256, scenario());
+    if let Err(e) = run(cases(512), scenario()) {
+        panic!("{e}");
+    }
 }
 
 /// Only TCP requests and no PeerAuthentication: exercises §1.10 (HTTP-only fields on TCP).
@@ -1236,7 +1433,9 @@ fn engine_agrees_with_reference_on_tcp() {
         }
         sc
     });
-    run(128, strategy);
+    if let Err(e) = run(cases(256), strategy) {
+        panic!("{e}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1282,6 +1481,18 @@ fn reference_matchers() {
     assert!(header_value_match("*", ""));
     assert!(header_value_match("*min", "superadmin"));
     assert!(!header_value_match("adm*", "superadmin"));
+    assert_eq!(
+        with_aliases(&["cluster.local/ns/foo/sa/sleep"], &["td2", "old"]),
+        ["td2/ns/foo/sa/sleep", "old/ns/foo/sa/sleep"]
+    );
+    assert_eq!(
+        with_aliases(&["old/ns/foo/sa/*", "x/ns/foo/sa/a"], &["td2", "old"]),
+        ["td2/ns/foo/sa/*", "old/ns/foo/sa/*", "x/ns/foo/sa/a"]
+    );
+    assert_eq!(
+        with_aliases(&["cluster.local/ns/foo/*", "*/sa/sleep", "*"], &["td2"]),
+        ["cluster.local/ns/foo/*", "*/sa/sleep", "*"]
+    );
     assert!(glob("a*b*c", "axxbyyc"));
     assert!(!glob("a*b", "ab c"));
 }
