@@ -154,7 +154,14 @@ fn run_inner(args: &CheckArgs) -> Result<Verdict, String> {
         } else {
             Protocol::Http
         },
-        source_principal: args.from.clone(),
+        source_principal: args.from.as_ref().map(|f| {
+            if f.starts_with("spiffe://") {
+                f.clone()
+            } else {
+                eprintln!("note: --from `{f}` taken as the SPIFFE ID `spiffe://{f}`");
+                format!("spiffe://{f}")
+            }
+        }),
         source_ip: args.source_ip,
         remote_ip: args.remote_ip,
         destination_ip: args.destination_ip,

@@ -7,6 +7,7 @@ use authz_loader as sources;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod check;
+mod serve;
 mod testfile;
 
 #[derive(Debug, Parser)]
@@ -53,6 +54,8 @@ enum Command {
     },
     /// Would this request be allowed, and by which rule? Exit 0 ALLOW, 2 DENY/UNAUTHENTICATED, 1 bad input.
     Check(Box<check::CheckArgs>),
+    /// Serve Envoy ext_authz (gRPC) with live-reloaded policies; admin HTTP for health and metrics.
+    Serve(Box<serve::ServeArgs>),
     /// Run policy test files. Exit 0 all passed, 1 a case failed, 2 a file could not be used.
     Test {
         /// Test files or directories (every *.yaml / *.yml, recursively).
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             output,
         } => compile(&files, mesh.as_deref(), output),
         Command::Check(args) => check::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Test {
             paths,
             quiet,

@@ -220,6 +220,23 @@ pub fn prepare(
                 ),
             ));
         }
+        if let Some(p) = case
+            .request
+            .source
+            .as_ref()
+            .and_then(|s| s.principal.as_ref())
+        {
+            if !p.starts_with("spiffe://") {
+                errors.push(LoadError::new(
+                    Location {
+                        field: Some(format!("cases[{i}].request.source.principal")),
+                        resource: Some(format!("case `{}`", case.name)),
+                        ..Location::file(&name)
+                    },
+                    format!("`{p}` is not a SPIFFE ID; write the peer identity as `spiffe://{p}` (omit `principal` for a plaintext request)"),
+                ));
+            }
+        }
         if case.request.jwt.is_some() && case.request.jwt_claims.is_some() {
             errors.push(LoadError::new(
                 Location {
