@@ -6,7 +6,8 @@
 //! (a present but invalid token => 401; audience mismatch => 403), then Cedar over DENY and ALLOW.
 //! Any error on the way denies (fail closed).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, EntityId, EntityUid, PolicySet, Request,
@@ -575,6 +576,29 @@ fn s(v: impl Into<String>) -> RestrictedExpression {
     RestrictedExpression::new_string(v.into())
 }
 
+/// An `ipaddr` value. Cedar's `RestrictedExpression::new_ip` parses the extension's name with
+/// the full Cedar parser on every call (most of a decision's time); a small per-thread memo of
+/// recent addresses avoids it. Bounded: cleared when it grows past `IP_MEMO_MAX`.
+fn ip_value(addr: IpAddr) -> RestrictedExpression {
+    const IP_MEMO_MAX: usize = 4096;
+    thread_local! {
+        static MEMO: std::cell::RefCell<HashMap<IpAddr, RestrictedExpression>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    MEMO.with(|memo| {
+        let mut memo = memo.borrow_mut();
+        if let Some(e) = memo.get(&addr) {
+            return e.clone();
+        }
+        if memo.len() >= IP_MEMO_MAX {
+            memo.clear();
+        }
+        let e = RestrictedExpression::new_ip(addr.to_string());
+        memo.insert(addr, e.clone());
+        e
+    })
+}
+
 /// The Cedar request: principal `Mesh::Peer::"<spiffe id>"`, the workload as resource, and the
 /// context laid out in `policy_compiler::attributes`.
 fn build_request(
@@ -597,10 +621,7 @@ fn build_request(
         }
     }
     if let Some(ip) = req.source_ip {
-        source.push((
-            "ip".to_string(),
-            RestrictedExpression::new_ip(ip.to_string()),
-        ));
+        source.push(("ip".to_string(), ip_value(ip)));
     }
     let mut pairs = vec![("source".to_string(), record(source)?)];
 
@@ -623,20 +644,14 @@ fn build_request(
             .or(req.source_ip)
     });
     if let Some(ip) = remote {
-        pairs.push((
-            "remoteIp".to_string(),
-            RestrictedExpression::new_ip(ip.to_string()),
-        ));
+        pairs.push(("remoteIp".to_string(), ip_value(ip)));
     }
     let mut destination = vec![(
         "port".to_string(),
         RestrictedExpression::new_long(i64::from(req.destination_port)),
     )];
     if let Some(ip) = req.destination_ip {
-        destination.push((
-            "ip".to_string(),
-            RestrictedExpression::new_ip(ip.to_string()),
-        ));
+        destination.push(("ip".to_string(), ip_value(ip)));
     }
     pairs.push(("destination".to_string(), record(destination)?));
     if let Some(sni) = req.sni.as_deref().filter(|s| !s.is_empty()) {
