@@ -21,7 +21,7 @@ use policy_compiler::uri_template::template_matches;
 use crate::attrs::{spiffe_trust_domain, Protocol, RequestAttrs, SpiffeError};
 use crate::jwt::{self, AuthnOutcome, JwtError};
 use crate::path::{normalize_path, split_path};
-use crate::snapshot::{PolicyClass, Snapshot, WorkloadState};
+use crate::snapshot::{ContextNeeds, PolicyClass, Snapshot, WorkloadState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -175,11 +175,12 @@ impl Decision {
         }
     }
 
-    /// The body Envoy sends with a denial (`RBAC: access denied`) or the JWT failure text.
-    pub fn body(&self) -> &'static str {
+    /// The body Envoy sends with a denial (`RBAC: access denied`) or its JWT failure text
+    /// (e.g. `Jwt is expired`).
+    pub fn body(&self) -> &str {
         match (&self.verdict, &self.reason) {
             (Verdict::Allow, _) => "",
-            (_, Reason::Jwt { .. }) => "Jwt verification fails",
+            (_, Reason::Jwt { error }) => error,
             _ => "RBAC: access denied",
         }
     }
@@ -268,7 +269,7 @@ pub fn decide_with(
     // CUSTOM rules that cannot be delegated deny before authentication runs.
     let custom_denial = |inputs: &ContextInputs<'_>| -> Option<Decision> {
         let set = class.custom_deny.as_ref()?;
-        let request = match build_request(snapshot, state, inputs) {
+        let request = match build_request(snapshot, state, inputs, &class.needs) {
             Ok(r) => r,
             Err(e) => return Some(internal_error(generation, &e)),
         };
@@ -325,7 +326,7 @@ pub fn decide_with(
         ..inputs
     };
 
-    let request = match build_request(snapshot, state, &inputs) {
+    let request = match build_request(snapshot, state, &inputs, &class.needs) {
         Ok(r) => r,
         Err(e) => return internal_error(generation, &e),
     };
@@ -605,9 +606,9 @@ fn build_request(
     snapshot: &Snapshot,
     state: &WorkloadState,
     inputs: &ContextInputs<'_>,
+    needs: &ContextNeeds,
 ) -> Result<Request, String> {
     let req = inputs.req;
-    let vocab = &snapshot.compiled.vocabulary;
     let mesh = &snapshot.compiled.mesh;
     let record = |fields: Vec<(String, RestrictedExpression)>| {
         RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
@@ -615,34 +616,42 @@ fn build_request(
 
     let mut source = Vec::new();
     if let Some(p) = inputs.principal {
-        source.push(("principal".to_string(), s(p)));
-        if let Ok(td) = spiffe_trust_domain(p) {
-            source.push(("trustDomain".to_string(), s(td)));
+        if needs.principal {
+            source.push(("principal".to_string(), s(p)));
+        }
+        if needs.trust_domain {
+            if let Ok(td) = spiffe_trust_domain(p) {
+                source.push(("trustDomain".to_string(), s(td)));
+            }
         }
     }
-    if let Some(ip) = req.source_ip {
+    if let (Some(ip), true) = (req.source_ip, needs.source_ip) {
         source.push(("ip".to_string(), ip_value(ip)));
     }
     let mut pairs = vec![("source".to_string(), record(source)?)];
 
-    let remote = req.remote_ip.or_else(|| {
-        let n = mesh.num_trusted_proxies as usize;
-        if n == 0 {
-            return req.source_ip;
-        }
-        let hops: Vec<&str> = req
-            .header_values("x-forwarded-for")
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|h| !h.is_empty())
-            .collect();
-        // "the trusted client address is the Nth address from the right end of XFF"
-        hops.len()
-            .checked_sub(n)
-            .and_then(|i| hops.get(i))
-            .and_then(|h| h.parse().ok())
-            .or(req.source_ip)
-    });
+    let remote = if !needs.remote_ip {
+        None
+    } else {
+        req.remote_ip.or_else(|| {
+            let n = mesh.num_trusted_proxies as usize;
+            if n == 0 {
+                return req.source_ip;
+            }
+            let hops: Vec<&str> = req
+                .header_values("x-forwarded-for")
+                .flat_map(|v| v.split(','))
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect();
+            // "the trusted client address is the Nth address from the right end of XFF"
+            hops.len()
+                .checked_sub(n)
+                .and_then(|i| hops.get(i))
+                .and_then(|h| h.parse().ok())
+                .or(req.source_ip)
+        })
+    };
     if let Some(ip) = remote {
         pairs.push(("remoteIp".to_string(), ip_value(ip)));
     }
@@ -650,17 +659,17 @@ fn build_request(
         "port".to_string(),
         RestrictedExpression::new_long(i64::from(req.destination_port)),
     )];
-    if let Some(ip) = req.destination_ip {
+    if let (Some(ip), true) = (req.destination_ip, needs.destination_ip) {
         destination.push(("ip".to_string(), ip_value(ip)));
     }
     pairs.push(("destination".to_string(), record(destination)?));
-    if let Some(sni) = req.sni.as_deref().filter(|s| !s.is_empty()) {
+    if let (Some(sni), true) = (req.sni.as_deref().filter(|s| !s.is_empty()), needs.sni) {
         pairs.push(("sni".to_string(), s(sni)));
     }
 
     if let (Protocol::Http, Some(path)) = (req.protocol, inputs.normalized_path) {
         let mut headers = Vec::new();
-        for name in &vocab.headers {
+        for name in &needs.headers {
             let synthesized;
             let values: Vec<&str> = match name.as_str() {
                 ":method" => vec![req.method.as_str()],
@@ -684,24 +693,32 @@ fn build_request(
                 headers.push((name.clone(), s(enc)));
             }
         }
-        let templates = vocab
-            .templates
-            .iter()
-            .filter(|t| template_matches(t, path))
-            .map(|t| s(t.as_str()));
-        let http = vec![
-            ("host".to_string(), s(req.host.to_ascii_lowercase())),
-            ("method".to_string(), s(req.method.as_str())),
-            ("path".to_string(), s(path)),
-            ("headers".to_string(), record(headers)?),
-            (
+        // `context has http` itself tells HTTP from TCP, so the record is always there; its
+        // fields only when read.
+        let mut http = vec![("headers".to_string(), record(headers)?)];
+        if needs.host {
+            http.push(("host".to_string(), s(req.host.to_ascii_lowercase())));
+        }
+        if needs.method {
+            http.push(("method".to_string(), s(req.method.as_str())));
+        }
+        if needs.path {
+            http.push(("path".to_string(), s(path)));
+        }
+        if !needs.templates.is_empty() {
+            let templates = needs
+                .templates
+                .iter()
+                .filter(|t| template_matches(t, path))
+                .map(|t| s(t.as_str()));
+            http.push((
                 "pathTemplates".to_string(),
                 RestrictedExpression::new_set(templates),
-            ),
-        ];
+            ));
+        }
         pairs.push(("http".to_string(), record(http)?));
 
-        if let Some(claims) = inputs.claims {
+        if let (Some(claims), true) = (inputs.claims, needs.jwt) {
             let mut jwt = Vec::new();
             for name in ["iss", "sub", "azp"] {
                 if let Some(v) = claims.get(name).and_then(|v| v.as_str()) {
@@ -714,7 +731,7 @@ fn build_request(
                 }
             }
             let mut claim_fields = Vec::new();
-            for (attr, path) in &vocab.claims {
+            for (attr, path) in &needs.claims {
                 let value = path
                     .iter()
                     .try_fold(None::<&serde_json::Value>, |cur, part| match cur {
@@ -734,7 +751,7 @@ fn build_request(
     }
 
     let mut metadata = Vec::new();
-    for (attr, (filter, key)) in &vocab.metadata {
+    for (attr, (filter, key)) in &needs.metadata {
         let value = req.metadata.get(filter).and_then(|m| m.get(key));
         if let Some(values) = value.and_then(string_elements) {
             if let Some(enc) = encode_values(values.iter().map(String::as_str), true) {
@@ -826,7 +843,8 @@ pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> 
         normalized_path: path.as_deref(),
         claims: claims.as_ref(),
     };
-    let Ok(request) = build_request(snapshot, state, &inputs) else {
+    let needs = ContextNeeds::all(&snapshot.compiled.vocabulary);
+    let Ok(request) = build_request(snapshot, state, &inputs, &needs) else {
         return Vec::new();
     };
     let mut out = Vec::new();

@@ -58,6 +58,117 @@ pub(crate) struct PolicyClass {
     pub observed_deny: Option<PolicySet>,
     /// Indexes into `Snapshot::authorization` of the applicable policies.
     pub applicable: Vec<usize>,
+    /// The context attributes these policies read; the rest is not built per request.
+    pub needs: ContextNeeds,
+}
+
+/// Which parts of the Cedar context a set of policies reads. Building the context is a large
+/// share of a decision, and most classes read a few attributes only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ContextNeeds {
+    pub principal: bool,
+    pub trust_domain: bool,
+    pub source_ip: bool,
+    pub remote_ip: bool,
+    pub destination_ip: bool,
+    pub sni: bool,
+    pub host: bool,
+    pub method: bool,
+    pub path: bool,
+    pub jwt: bool,
+    /// Subsets of the vocabulary.
+    pub headers: Vec<String>,
+    pub templates: Vec<String>,
+    pub claims: Vec<(String, Vec<String>)>,
+    pub metadata: Vec<(String, (String, String))>,
+}
+
+impl ContextNeeds {
+    /// Everything the vocabulary names (for explanations).
+    pub fn all(v: &policy_compiler::schema::Vocabulary) -> ContextNeeds {
+        ContextNeeds {
+            principal: true,
+            trust_domain: true,
+            source_ip: true,
+            remote_ip: true,
+            destination_ip: true,
+            sni: true,
+            host: true,
+            method: true,
+            path: true,
+            jwt: true,
+            headers: v.headers.iter().cloned().collect(),
+            templates: v.templates.iter().cloned().collect(),
+            claims: v
+                .claims
+                .iter()
+                .map(|(a, p)| (a.clone(), p.clone()))
+                .collect(),
+            metadata: v
+                .metadata
+                .iter()
+                .map(|(a, k)| (a.clone(), k.clone()))
+                .collect(),
+        }
+    }
+
+    /// What the given policy texts read. The compiler writes every attribute access in one
+    /// of the forms matched here (`policy_compiler::attributes`); the differential and
+    /// conformance tests would catch a form this misses.
+    fn of<'a>(
+        texts: impl Iterator<Item = &'a str>,
+        v: &policy_compiler::schema::Vocabulary,
+    ) -> ContextNeeds {
+        use policy_compiler::expr::string_lit;
+        let texts: Vec<&str> = texts.collect();
+        // A mention of `needle` as a whole name: `context.http.path` must not count as a read
+        // of `context.http.pathTemplates`, nor the other way round.
+        let any = |needle: &str| {
+            texts.iter().any(|t| {
+                t.match_indices(needle).any(|(at, _)| {
+                    !t[at + needle.len()..]
+                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                })
+            })
+        };
+        ContextNeeds {
+            principal: any("context.source.principal") || any("context.source has principal"),
+            trust_domain: any("context.source.trustDomain")
+                || any("context.source has trustDomain"),
+            source_ip: any("context.source.ip") || any("context.source has ip"),
+            remote_ip: any("context.remoteIp") || any("context has remoteIp"),
+            destination_ip: any("context.destination.ip") || any("context.destination has ip"),
+            sni: any("context.sni") || any("context has sni"),
+            host: any("context.http.host"),
+            method: any("context.http.method"),
+            path: any("context.http.path"),
+            jwt: any("context.jwt") || any("context has jwt"),
+            headers: v
+                .headers
+                .iter()
+                .filter(|h| any(&format!("headers has {}", string_lit(h))))
+                .cloned()
+                .collect(),
+            templates: v
+                .templates
+                .iter()
+                .filter(|t| any(&format!("pathTemplates.contains({})", string_lit(t))))
+                .cloned()
+                .collect(),
+            claims: v
+                .claims
+                .iter()
+                .filter(|(a, _)| any(&format!("claims has {}", string_lit(a))))
+                .map(|(a, p)| (a.clone(), p.clone()))
+                .collect(),
+            metadata: v
+                .metadata
+                .iter()
+                .filter(|(a, _)| any(&format!("metadata has {}", string_lit(a))))
+                .map(|(a, k)| (a.clone(), k.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// PeerAuthentication applying to one workload, per level (the oldest at each level).
@@ -236,8 +347,13 @@ impl Snapshot {
             let class = match class_index.get(&key) {
                 Some(c) => *c,
                 None => {
-                    let class =
-                        build_class(&compiled.authorization, &key.0, conflicting, &default_allow)?;
+                    let class = build_class(
+                        &compiled.authorization,
+                        &key.0,
+                        conflicting,
+                        &default_allow,
+                        &compiled.vocabulary,
+                    )?;
                     classes.push(class);
                     class_index.insert(key, classes.len() - 1);
                     classes.len() - 1
@@ -378,6 +494,7 @@ fn build_class(
     applicable: &[usize],
     conflicting: bool,
     default_allow: &Policy,
+    vocabulary: &policy_compiler::schema::Vocabulary,
 ) -> Result<PolicyClass, SnapshotError> {
     let mut enforced = PolicySet::new();
     let mut custom_deny = PolicySet::new();
@@ -412,8 +529,14 @@ fn build_class(
     if !has_enforced_allow {
         add(&mut enforced, default_allow)?;
     }
+    let texts = applicable
+        .iter()
+        .filter_map(|i| all.get(*i))
+        .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
+    let needs = ContextNeeds::of(texts, vocabulary);
     let non_empty = |s: PolicySet| (!s.is_empty()).then_some(s);
     Ok(PolicyClass {
+        needs,
         enforced,
         custom_deny: non_empty(custom_deny),
         observed: non_empty(observed),

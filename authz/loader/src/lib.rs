@@ -4,6 +4,8 @@
 //! it without an async runtime. Never called on the request path.
 
 pub mod files;
+pub mod jwks;
+pub mod watch;
 
 pub use files::{
     compile_inputs, fetch_jwks, load_mesh_file, load_policies, parse_mesh_file, policy_files,

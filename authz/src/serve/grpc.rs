@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use authz_engine::{Decision, Protocol, Reason, Verdict};
+use authz_engine::{Decision, Protocol, Reason, RequestAttrs, Snapshot, Verdict};
 use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
 };
@@ -74,6 +74,13 @@ impl Authorization for CheckService {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    Resolved,
+    Unresolved,
+    Panicked,
+}
+
 /// One Check, start to finish (no await: nothing here can wait on another request).
 pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckResponse {
     let id = state.ids.next();
@@ -91,9 +98,14 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
                 converted.attrs.workload = workload.clone();
                 authz_engine::decide_with(&snapshot, &converted.attrs, &state.tokens)
             }
-            Err(why) => unresolved(snapshot.generation, &why.0),
+            Err(why) => denial(&snapshot, &why.0),
         };
-        (converted, resolved.is_ok(), decision)
+        let resolution = if resolved.is_ok() {
+            Resolution::Resolved
+        } else {
+            Resolution::Unresolved
+        };
+        (converted, resolution, decision)
     }));
     let (converted, resolved, decision) = match evaluated {
         Ok(e) => e,
@@ -115,8 +127,9 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
             } else {
                 Protocol::Tcp
             };
-            let d = internal_error(snapshot.generation);
-            (c, false, d)
+            let mut d = denial(&snapshot, "internal error: evaluation panicked");
+            d.reason = Reason::EvaluationError;
+            (c, Resolution::Panicked, d)
         }
     };
 
@@ -138,11 +151,13 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
     let latency = started.elapsed();
     let m = &state.metrics;
     m.decision_duration.observe(latency.as_secs_f64());
-    let workload = if resolved {
-        converted.attrs.workload.clone()
-    } else {
-        m.unresolved_workloads.inc();
-        UNRESOLVED.to_string()
+    let workload = match resolved {
+        Resolution::Resolved => converted.attrs.workload.clone(),
+        Resolution::Unresolved => {
+            m.unresolved_workloads.inc();
+            UNRESOLVED.to_string()
+        }
+        Resolution::Panicked => UNRESOLVED.to_string(),
     };
     m.decisions
         .get_or_create(&DecisionLabels {
@@ -160,7 +175,7 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
     if !decision.audit.is_empty() {
         m.audit_matches.inc_by(decision.audit.len() as u64);
     }
-    let detail = (!resolved).then(|| decision.errors.join("; "));
+    let detail = (resolved != Resolution::Resolved).then(|| decision.errors.join("; "));
     super::log::decision(
         &id,
         &workload,
@@ -172,26 +187,15 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
     response
 }
 
-fn unresolved(generation: u64, why: &str) -> Decision {
-    Decision {
-        verdict: Verdict::Deny,
-        reason: Reason::UnknownWorkload,
-        determining: Vec::new(),
-        dry_run: Vec::new(),
-        audit: Vec::new(),
-        custom: Vec::new(),
-        errors: vec![why.to_string()],
-        generation,
-        request_auth: None,
-        upstream: Default::default(),
-    }
-}
-
-fn internal_error(generation: u64) -> Decision {
-    Decision {
-        reason: Reason::EvaluationError,
-        ..unresolved(generation, "internal error: evaluation panicked")
-    }
+/// A denial for a request whose workload could not be chosen: the engine's own answer for an
+/// unknown workload (no hand-built Decision here), with `why` as its error.
+fn denial(snapshot: &Snapshot, why: &str) -> Decision {
+    // INVARIANT: workload keys are `<namespace>/<name>`, so "" is never a known workload.
+    let mut d = authz_engine::decide(snapshot, &RequestAttrs::default());
+    d.verdict = Verdict::Deny;
+    d.reason = Reason::UnknownWorkload;
+    d.errors = vec![why.to_string()];
+    d
 }
 
 /// A token was rejected for want of a key: a rotated `kid`, or keys never fetched.
@@ -203,7 +207,7 @@ fn jwks_may_be_stale(d: &Decision) -> bool {
 }
 
 /// The `jwksUri`s of the RequestAuthentications that select `workload`.
-fn workload_jwks_uris(snapshot: &authz_engine::Snapshot, workload: &str) -> Vec<String> {
+fn workload_jwks_uris(snapshot: &Snapshot, workload: &str) -> Vec<String> {
     let Some(w) = snapshot.workload(workload) else {
         return Vec::new();
     };
@@ -342,11 +346,16 @@ mod tests {
     use authz_engine::decide::HeaderEffects;
 
     fn mk_decision(verdict: Verdict, reason: Reason) -> Decision {
-        Decision {
-            verdict,
-            reason,
-            ..unresolved(1, "")
-        }
+        let compiled = policy_compiler::compile(
+            &policy_compiler::Inputs::default(),
+            &policy_compiler::MeshConfig::default(),
+            &[],
+        )
+        .unwrap();
+        let mut d = denial(&Snapshot::build(compiled, 1).unwrap(), "");
+        d.verdict = verdict;
+        d.reason = reason;
+        d
     }
 
     fn mk_http() -> Converted {
