@@ -67,6 +67,9 @@ enum Command {
         /// Also print the policies' validation warnings.
         #[arg(short, long)]
         verbose: bool,
+        /// Also write every case's result as JSON lines to this file.
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
     },
 }
 
@@ -85,11 +88,25 @@ fn main() -> ExitCode {
             paths,
             quiet,
             verbose,
+            results,
         } => {
             let mut sink = std::io::sink();
             let mut stderr = std::io::stderr();
             let warnings: &mut dyn std::io::Write = if verbose { &mut stderr } else { &mut sink };
-            let totals = testfile::run(&paths, quiet, &mut std::io::stdout(), warnings);
+            let mut file = match results.as_ref().map(std::fs::File::create).transpose() {
+                Ok(f) => f.map(std::io::BufWriter::new),
+                Err(e) => {
+                    eprintln!("error: --results: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let totals = testfile::run(
+                &paths,
+                quiet,
+                &mut std::io::stdout(),
+                warnings,
+                file.as_mut().map(|f| f as &mut dyn std::io::Write),
+            );
             totals.exit_code()
         }
     };

@@ -347,11 +347,15 @@ pub fn describe(d: &Decision) -> String {
 
 /// Runs every case of every file; prints one line per case (failures only with `quiet`) and
 /// the closing `N passed, M failed`.
+/// `results`, when given, receives one JSON object per case and line:
+/// `{"file", "case", "expected", "got", "determining"}` (for tools that compare enforcement
+/// points case by case).
 pub fn run(
     paths: &[PathBuf],
     quiet: bool,
     out: &mut dyn std::io::Write,
     err: &mut dyn std::io::Write,
+    mut results: Option<&mut dyn std::io::Write>,
 ) -> Totals {
     let mut totals = Totals::default();
     let files = match test_files(paths) {
@@ -385,6 +389,16 @@ pub fn run(
         };
         for case in &prepared.cases {
             let d = decide(&prepared.snapshot, &case_request(&case.request, now));
+            if let Some(r) = results.as_deref_mut() {
+                let line = serde_json::json!({
+                    "file": shown,
+                    "case": case.name,
+                    "expected": case.expect.as_str(),
+                    "got": d.verdict.as_str(),
+                    "determining": d.determining.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                });
+                let _ = writeln!(r, "{line}");
+            }
             match check_case(case, &d) {
                 Ok(()) => {
                     totals.passed += 1;

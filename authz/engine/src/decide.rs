@@ -84,6 +84,7 @@ impl std::fmt::Display for PolicyMatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.action, self.rule) {
             (Some(a), Some(r)) => write!(f, "{} {} rule {}", a, self.policy, r),
+            (Some(a), None) => write!(f, "{} {}", a, self.policy),
             (_, Some(r)) => write!(f, "{} {} rule {}", self.kind, self.policy, r),
             _ => write!(f, "{} {}", self.kind, self.policy),
         }
