@@ -146,21 +146,9 @@ pub fn send(reply: &LocalReply, host: &mut impl StreamHost) {
 mod tests {
     use super::*;
     use crate::request::fake::FakeStream;
-    use authz_engine::decide::HeaderEffects;
 
     fn decision(verdict: Verdict, reason: Reason) -> Decision {
-        Decision {
-            verdict,
-            reason,
-            determining: Vec::new(),
-            dry_run: Vec::new(),
-            audit: Vec::new(),
-            custom: Vec::new(),
-            errors: Vec::new(),
-            generation: 1,
-            request_auth: None,
-            upstream: HeaderEffects::default(),
-        }
+        Decision::new(verdict, reason, 1)
     }
 
     #[test]

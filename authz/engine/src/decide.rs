@@ -149,10 +149,16 @@ pub struct Decision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_auth: Option<RequestAuth>,
     pub upstream: HeaderEffects,
+    /// A token was rejected for want of a key (an unknown `kid`, or no keys for its issuer):
+    /// a host that fetches `jwksUri` keys may refresh them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub missing_jwt_key: bool,
 }
 
 impl Decision {
-    fn new(verdict: Verdict, reason: Reason, generation: u64) -> Decision {
+    /// A decision with nothing matched yet; hosts use it for answers made before the engine
+    /// (an unresolvable workload).
+    pub fn new(verdict: Verdict, reason: Reason, generation: u64) -> Decision {
         Decision {
             verdict,
             reason,
@@ -164,6 +170,7 @@ impl Decision {
             generation,
             request_auth: None,
             upstream: HeaderEffects::default(),
+            missing_jwt_key: false,
         }
     }
 
@@ -316,6 +323,7 @@ pub fn decide_with(
                     },
                     generation,
                 );
+                d.missing_jwt_key = matches!(error, JwtError::NoKeys(_) | JwtError::KidNotFound(_));
                 d.errors.push(error.to_string());
                 d.determining.extend(source);
                 return d;

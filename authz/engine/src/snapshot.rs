@@ -218,6 +218,9 @@ pub struct Snapshot {
     pub(crate) compiled: Arc<Compiled>,
     pub(crate) entities: Arc<Entities>,
     pub(crate) workloads: Arc<HashMap<String, WorkloadState>>,
+    /// Workload keys by IP and by (namespace, service account), sorted.
+    pub(crate) by_ip: Arc<HashMap<IpAddr, Vec<String>>>,
+    pub(crate) by_service_account: Arc<HashMap<(String, String), Vec<String>>>,
     pub(crate) classes: Arc<Vec<PolicyClass>>,
     pub(crate) meta: Arc<HashMap<String, PolicyMeta>>,
     /// Keys of inline `jwks`, by provider (source key, rule index).
@@ -410,8 +413,26 @@ impl Snapshot {
             }
         }
 
+        let mut by_ip: HashMap<IpAddr, Vec<String>> = HashMap::new();
+        let mut by_service_account: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for w in &compiled.workloads {
+            for ip in &w.ips {
+                by_ip.entry(*ip).or_default().push(w.key());
+            }
+            by_service_account
+                .entry((w.namespace.clone(), w.service_account.clone()))
+                .or_default()
+                .push(w.key());
+        }
+        for keys in by_ip.values_mut().chain(by_service_account.values_mut()) {
+            keys.sort();
+            keys.dedup();
+        }
+
         Ok(Snapshot {
             generation,
+            by_ip: Arc::new(by_ip),
+            by_service_account: Arc::new(by_service_account),
             compiled: Arc::new(compiled),
             entities: Arc::new(entities),
             workloads: Arc::new(workloads),
@@ -454,16 +475,42 @@ impl Snapshot {
         self.workloads.get(key).map(|w| &w.workload)
     }
 
-    /// Workloads whose `ips` include `ip` (the ext_authz destination lookup).
+    /// Workloads whose `ips` include `ip` (the ext_authz destination lookup), sorted by key.
     pub fn workloads_by_ip(&self, ip: IpAddr) -> Vec<&Workload> {
-        let mut out: Vec<&Workload> = self
+        self.lookup(self.by_ip.get(&ip))
+    }
+
+    /// Workloads in `namespace` running as `service_account` (the destination-principal
+    /// lookup), sorted by key.
+    pub fn workloads_by_service_account(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Vec<&Workload> {
+        self.lookup(
+            self.by_service_account
+                .get(&(namespace.to_string(), service_account.to_string())),
+        )
+    }
+
+    fn lookup(&self, keys: Option<&Vec<String>>) -> Vec<&Workload> {
+        keys.into_iter()
+            .flatten()
+            .filter_map(|k| self.workload(k))
+            .collect()
+    }
+
+    /// The `jwksUri`s of the RequestAuthentications that select `workload`.
+    pub fn jwks_uris_for(&self, workload: &str) -> Vec<String> {
+        let mut uris: Vec<String> = self
             .workloads
-            .values()
-            .map(|w| &w.workload)
-            .filter(|w| w.ips.contains(&ip))
+            .get(workload)
+            .into_iter()
+            .flat_map(|w| w.providers.iter().filter_map(|p| p.jwks_uri.clone()))
             .collect();
-        out.sort_by_key(|w| w.key());
-        out
+        uris.sort();
+        uris.dedup();
+        uris
     }
 
     /// Number of distinct policy classes (for metrics and benchmarks).

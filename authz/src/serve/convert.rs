@@ -420,10 +420,8 @@ pub fn resolve_workload(snapshot: &Snapshot, hints: &WorkloadHints) -> Result<St
             )));
         };
         let found: Vec<String> = snapshot
-            .compiled()
-            .workloads
+            .workloads_by_service_account(ns, sa)
             .iter()
-            .filter(|w| w.namespace == ns && w.service_account == sa)
             .map(|w| w.key())
             .collect();
         return match found.as_slice() {

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use authz_engine::{Decision, Protocol, Reason, RequestAttrs, Snapshot, Verdict};
+use authz_engine::{Decision, Protocol, Reason, Snapshot, Verdict};
 use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue, HeaderValueOption,
 };
@@ -187,40 +187,22 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
     response
 }
 
-/// A denial for a request whose workload could not be chosen: the engine's own answer for an
-/// unknown workload (no hand-built Decision here), with `why` as its error.
+/// A denial for a request whose workload could not be chosen (fail closed), with `why` as its
+/// error.
 fn denial(snapshot: &Snapshot, why: &str) -> Decision {
-    // INVARIANT: workload keys are `<namespace>/<name>`, so "" is never a known workload.
-    let mut d = authz_engine::decide(snapshot, &RequestAttrs::default());
-    d.verdict = Verdict::Deny;
-    d.reason = Reason::UnknownWorkload;
+    let mut d = Decision::new(Verdict::Deny, Reason::UnknownWorkload, snapshot.generation);
     d.errors = vec![why.to_string()];
     d
 }
 
 /// A token was rejected for want of a key: a rotated `kid`, or keys never fetched.
 fn jwks_may_be_stale(d: &Decision) -> bool {
-    matches!(d.reason, Reason::Jwt { .. })
-        && d.errors
-            .iter()
-            .any(|e| e.starts_with("no key with kid") || e.starts_with("no verification keys"))
+    d.missing_jwt_key
 }
 
 /// The `jwksUri`s of the RequestAuthentications that select `workload`.
 fn workload_jwks_uris(snapshot: &Snapshot, workload: &str) -> Vec<String> {
-    let Some(w) = snapshot.workload(workload) else {
-        return Vec::new();
-    };
-    let mut uris: Vec<String> = snapshot
-        .compiled()
-        .request
-        .iter()
-        .filter(|ra| ra.scope.applies_to(w))
-        .flat_map(|ra| ra.providers.iter().filter_map(|p| p.jwks_uri.clone()))
-        .collect();
-    uris.sort();
-    uris.dedup();
-    uris
+    snapshot.jwks_uris_for(workload)
 }
 
 #[allow(
