@@ -900,3 +900,41 @@ fn eval_bool(snapshot: &Snapshot, request: &Request, expr: &str) -> Option<bool>
         _ => None,
     }
 }
+
+/// The Cedar request `decide` would evaluate for `req` (with every attribute of the vocabulary),
+/// for tools and baselines that evaluate Cedar directly. `None` for an unknown workload or a
+/// path the engine rejects.
+pub fn cedar_request(snapshot: &Snapshot, req: &RequestAttrs) -> Option<Request> {
+    let state = snapshot.workloads.get(&req.workload)?;
+    let principal = req
+        .source_principal
+        .as_deref()
+        .filter(|p| spiffe_trust_domain(p).is_ok());
+    let path = match req.protocol {
+        Protocol::Http => {
+            Some(normalize_path(&req.path, snapshot.compiled.mesh.path_normalization).ok()?)
+        }
+        Protocol::Tcp => None,
+    };
+    let claims = if req.protocol == Protocol::Http && !state.providers.is_empty() {
+        authenticate(snapshot, state, req, &crate::cache::NoCache)
+            .ok()
+            .flatten()
+            .map(|v| v.claims)
+    } else {
+        None
+    };
+    let inputs = ContextInputs {
+        req,
+        principal,
+        normalized_path: path.as_deref(),
+        claims: claims.as_ref(),
+    };
+    build_request(
+        snapshot,
+        state,
+        &inputs,
+        &ContextNeeds::all(&snapshot.compiled.vocabulary),
+    )
+    .ok()
+}

@@ -458,6 +458,11 @@ impl Snapshot {
         &self.compiled
     }
 
+    /// The Cedar entities (workloads with their labels as tags, namespaces).
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+
     /// Every `jwksUri` the policies name, with the fetch timeout Istio would use.
     pub fn jwks_uris(&self) -> Vec<(String, std::time::Duration)> {
         let mut out: Vec<(String, std::time::Duration)> = Vec::new();
