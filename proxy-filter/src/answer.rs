@@ -8,6 +8,12 @@
 //!   `www-authenticate: Bearer realm="<scheme>://<host><path>", error="invalid_token"`, as Envoy's
 //!   `jwt_authn` answers; a JWT-caused 403 (audience) carries the same header.
 //!
+//! For a gRPC request (`content-type: application/grpc`, `application/grpc+proto`, ...), the
+//! reply also carries `grpc-status` (7 PERMISSION_DENIED for 403, 16 UNAUTHENTICATED for 401),
+//! `grpc-message` and `content-type: application/grpc`: Envoy answers a gRPC request's local
+//! reply as HTTP 200 "trailers-only", and without our `grpc-status` the dynamic-module
+//! `send_response` says `grpc-status: 0`, a success, for a denied call.
+//!
 //! Codes and bodies come from [`Decision::http_status`] and [`Decision::body`], the same the
 //! ext_authz server answers with.
 
@@ -129,17 +135,62 @@ pub fn apply(answer: &Answer<'_>, host: &mut impl StreamHost) -> HeadersStatus {
     }
 }
 
-/// Sends a local reply.
+/// Sends a local reply (in gRPC form for a gRPC request, see the module header).
 pub fn send(reply: &LocalReply, host: &mut impl StreamHost) {
-    match &reply.www_authenticate {
-        Some(v) => host.send_response(
-            reply.status,
-            &[("www-authenticate", v.as_str())],
-            &reply.body,
-            reply.details,
-        ),
-        None => host.send_response(reply.status, &[], &reply.body, reply.details),
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(4);
+    if let Some(v) = &reply.www_authenticate {
+        headers.push(("www-authenticate", v.as_str()));
     }
+    let grpc_message;
+    if is_grpc(host) {
+        grpc_message = percent_encode_grpc_message(&reply.body);
+        headers.push(("content-type", "application/grpc"));
+        headers.push(("grpc-status", grpc_status(reply.status)));
+        headers.push(("grpc-message", &grpc_message));
+    }
+    host.send_response(reply.status, &headers, &reply.body, reply.details);
+}
+
+/// Whether the request is gRPC: a `content-type` of `application/grpc`, optionally followed by
+/// `+<format>` or `;<parameters>` (ASCII case-insensitive). This is at least every request Envoy
+/// answers in gRPC form (`application/grpc` and `application/grpc+...`); `application/grpc-web`
+/// is not gRPC.
+pub fn is_grpc(host: &impl StreamHost) -> bool {
+    let mut values = Vec::new();
+    host.request_header_values("content-type", &mut values);
+    values.iter().any(|(_, v)| {
+        let v = v.trim().as_bytes();
+        const GRPC: &[u8] = b"application/grpc";
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// The gRPC status of a local reply's HTTP status (as Envoy's `httpToGrpcStatus`): never 0.
+pub fn grpc_status(http: u32) -> &'static str {
+    match http {
+        401 => "16",             // UNAUTHENTICATED
+        403 => "7",              // PERMISSION_DENIED
+        400 => "13",             // INTERNAL
+        404 => "12",             // UNIMPLEMENTED
+        429 | 502..=504 => "14", // UNAVAILABLE
+        _ => "2",                // UNKNOWN
+    }
+}
+
+/// `grpc-message` as the gRPC spec writes it: bytes outside printable ASCII, and `%`,
+/// percent-encoded.
+fn percent_encode_grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -204,6 +255,67 @@ mod tests {
         );
         assert_eq!(body, d.body());
         assert_eq!(details, DETAILS_UNAUTHENTICATED);
+    }
+
+    #[test]
+    fn grpc_requests_get_a_non_ok_grpc_status() {
+        let d = decision(Verdict::Deny, Reason::DenyMatched);
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC; charset=utf-8",
+        ] {
+            let mut s = FakeStream::http("/pkg.Svc/M").header("content-type", ct);
+            let a = answer(&d, || unreachable!("no realm for an RBAC denial"));
+            assert_eq!(apply(&a, &mut s), HeadersStatus::StopIteration);
+            let (status, headers, body, details) = s.reply.unwrap();
+            assert_eq!(status, 403, "{ct}");
+            let h = |n: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k == n)
+                    .map(|(_, v)| v.as_str())
+            };
+            assert_eq!(h("grpc-status"), Some("7"), "{ct}");
+            assert_eq!(h("grpc-message"), Some("RBAC: access denied"), "{ct}");
+            assert_eq!(h("content-type"), Some("application/grpc"), "{ct}");
+            assert_eq!(body, "RBAC: access denied");
+            assert_eq!(details, DETAILS_DENIED);
+        }
+        // A JWT failure: 16, with www-authenticate kept; the message is percent-encoded.
+        let d = decision(
+            Verdict::Unauthenticated,
+            Reason::Jwt {
+                error: "Jwt is expired".into(),
+            },
+        );
+        let mut s = FakeStream::http("/pkg.Svc/M").header("content-type", "application/grpc");
+        let a = answer(&d, || realm("http", "h", "/pkg.Svc/M"));
+        apply(&a, &mut s);
+        let (status, headers, _, _) = s.reply.unwrap();
+        assert_eq!(status, 401);
+        let h = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert_eq!(h("grpc-status").as_deref(), Some("16"));
+        assert!(h("www-authenticate").is_some());
+        assert_eq!(percent_encode_grpc_message("a%b\u{e9}\n"), "a%25b%C3%A9%0A");
+        // The internal-error reply too.
+        let mut s = FakeStream::http("/").header("content-type", "application/grpc");
+        send(&LocalReply::internal_error(), &mut s);
+        let (_, headers, _, _) = s.reply.unwrap();
+        assert!(headers.contains(&("grpc-status".to_string(), "7".to_string())));
+    }
+
+    #[test]
+    fn non_grpc_requests_get_no_grpc_headers() {
+        for ct in ["application/grpc-web", "application/json", "text/grpc"] {
+            let mut s = FakeStream::http("/").header("content-type", ct);
+            send(&LocalReply::internal_error(), &mut s);
+            let (status, headers, _, _) = s.reply.unwrap();
+            assert_eq!((status, headers), (403, vec![]), "{ct}");
+        }
+        for (http, grpc) in [(401, "16"), (403, "7"), (503, "14"), (500, "2")] {
+            assert_eq!(grpc_status(http), grpc);
+        }
     }
 
     #[test]

@@ -26,13 +26,14 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::{c_char, c_int, c_void, CStr};
+use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
 use crate::answer::{self, HeadersStatus, LocalReply};
 use crate::filter::{FilterConfig, Mode};
 use crate::logging::{self, Level};
-use crate::request::{Attribute, StreamHost};
+use crate::request::{parse_address, Attribute, StreamHost};
 
 // === C types ===
 
@@ -133,6 +134,12 @@ type SendResponseFn = unsafe extern "C" fn(
 type GetAttributeStringFn = unsafe extern "C" fn(FilterEnvoyPtr, CEnum, *mut EnvoyBuffer) -> bool;
 type GetAttributeIntFn = unsafe extern "C" fn(FilterEnvoyPtr, CEnum, *mut u64) -> bool;
 type GetAttributeBoolFn = unsafe extern "C" fn(FilterEnvoyPtr, CEnum, *mut bool) -> bool;
+/// `envoy_dynamic_module_callback_http_get_downstream_direct_remote_address`: the physical peer
+/// of the downstream connection (never rewritten by X-Forwarded-For or PROXY protocol), as the
+/// address text (`10.0.0.5`, `::1`: no port, no brackets) and the port; `false` when the peer
+/// is not an IP address (a pipe).
+type GetDirectRemoteAddressFn =
+    unsafe extern "C" fn(FilterEnvoyPtr, *mut EnvoyBuffer, *mut u32) -> bool;
 type LogFn = unsafe extern "C" fn(CEnum, ModuleBuffer);
 type LogEnabledFn = unsafe extern "C" fn(CEnum) -> bool;
 type IsValidationModeFn = unsafe extern "C" fn() -> bool;
@@ -145,6 +152,9 @@ struct Callbacks {
     get_attribute_string: GetAttributeStringFn,
     get_attribute_int: GetAttributeIntFn,
     get_attribute_bool: GetAttributeBoolFn,
+    /// Required: `source.ip` / `ipBlocks` is the physical peer, and there is no safe fallback
+    /// (attribute 24, `source.address`, follows X-Forwarded-For).
+    get_direct_remote_address: GetDirectRemoteAddressFn,
     log: Option<LogFn>,
     log_enabled: Option<LogEnabledFn>,
     is_validation_mode: Option<IsValidationModeFn>,
@@ -215,6 +225,13 @@ fn resolve_callbacks() -> Result<Callbacks, String> {
             c"envoy_dynamic_module_callback_http_filter_get_attribute_bool" as GetAttributeBoolFn
         )
         .ok_or_else(|| missing("envoy_dynamic_module_callback_http_filter_get_attribute_bool"))?,
+        get_direct_remote_address: resolve!(
+            c"envoy_dynamic_module_callback_http_get_downstream_direct_remote_address"
+                as GetDirectRemoteAddressFn
+        )
+        .ok_or_else(|| {
+            missing("envoy_dynamic_module_callback_http_get_downstream_direct_remote_address")
+        })?,
         log: resolve!(c"envoy_dynamic_module_callback_log" as LogFn),
         log_enabled: resolve!(c"envoy_dynamic_module_callback_log_enabled" as LogEnabledFn),
         is_validation_mode: resolve!(
@@ -302,6 +319,23 @@ impl StreamHost for EnvoyStream {
         // SAFETY: as in `attribute_bytes`; `out` is a valid bool.
         let ok = unsafe { (self.callbacks.get_attribute_bool)(self.ptr, id as CEnum, &mut out) };
         ok.then_some(out)
+    }
+
+    fn direct_remote_address(&self) -> Option<(IpAddr, u16)> {
+        let mut address = EnvoyBuffer::EMPTY;
+        let mut port = 0u32;
+        // SAFETY: live filter pointer; `address` and `port` are valid places to write.
+        let ok = unsafe {
+            (self.callbacks.get_direct_remote_address)(self.ptr, &mut address, &mut port)
+        };
+        if !ok {
+            return None;
+        }
+        // SAFETY: Envoy's bytes (the connection's address text), valid during this hook; parsed
+        // at once.
+        let text = unsafe { envoy_bytes(&address) };
+        let (ip, _) = std::str::from_utf8(text).ok().and_then(parse_address)?;
+        Some((ip, u16::try_from(port).ok()?))
     }
 
     fn request_header_values(&self, name: &str, out: &mut Vec<(String, String)>) {

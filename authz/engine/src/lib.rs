@@ -17,5 +17,7 @@ pub mod snapshot;
 
 pub use attrs::{Protocol, RequestAttrs};
 pub use cache::{NoCache, TokenCache, TokenKey, VerifiedToken};
-pub use decide::{cedar_request, decide, decide_with, explain, Decision, PolicyMatch, Reason, Verdict};
+pub use decide::{
+    cedar_request, decide, decide_with, explain, Decision, PolicyMatch, Reason, Verdict,
+};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -10,6 +10,13 @@
 //! head; plus a network ext_authz + `tcp_proxy` chain for TCP to an echo server. Every
 //! listener of the corpus replay reads a PROXY protocol header first, so each connection
 //! chooses the source and destination addresses Envoy reports to ext_authz.
+//!
+//! The enforcement point is a choice ([`Enforcement`]): the ext_authz filters calling `meshauthz
+//! serve`, or the native dynamic module `libmeshauthz_filter.so` in the HTTP filter chain. The
+//! module's config names one workload, so in that mode every HTTP listener carries its own
+//! [`NativeFilter`] config ([`EnvoyConfig::native_replay`] makes a plaintext and an mTLS
+//! listener per workload), TLS listeners get a `tls_inspector` (the module reads the SNI from
+//! the connection), and there are no TCP listeners (the module is an HTTP filter).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,16 +85,21 @@ pub enum Tls {
     },
 }
 
-/// An HTTP listener: HCM + ext_authz + a `direct_response` 200 route.
+/// An HTTP listener: HCM + the enforcement filter + a route to the upstream (or a
+/// `direct_response` 200).
 #[derive(Clone, Debug)]
 pub struct HttpListener {
     pub name: String,
     pub tls: Tls,
     pub proxy_protocol: bool,
-    /// `context_extensions.workload` on the virtual host.
+    /// `context_extensions.workload` on the virtual host (ext_authz only).
     pub vhost_workload: Option<String>,
-    /// Routes (path prefix, `context_extensions.workload`) placed before the catch-all route.
+    /// Routes (path prefix, `context_extensions.workload`) placed before the catch-all route
+    /// (ext_authz only).
     pub route_workloads: Vec<(String, String)>,
+    /// The native filter's config for this listener: required with [`Enforcement::Native`],
+    /// refused with ext_authz.
+    pub native: Option<NativeFilter>,
 }
 
 impl HttpListener {
@@ -98,8 +110,53 @@ impl HttpListener {
             proxy_protocol: true,
             vhost_workload: None,
             route_workloads: Vec::new(),
+            native: None,
         }
     }
+}
+
+/// Who decides: the ext_authz filters (HTTP and network) calling `meshauthz serve`, or the
+/// native dynamic module inside Envoy.
+#[derive(Clone, Debug)]
+pub enum Enforcement {
+    /// meshauthz's gRPC address.
+    ExtAuthz { grpc: SocketAddr },
+    /// `libmeshauthz_filter.so` from `module_dir` (Envoy is started with
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH` pointing there); each HTTP listener carries its
+    /// [`NativeFilter`] config.
+    Native { module_dir: PathBuf },
+}
+
+/// The native filter's config for one listener (`proxy-filter/src/config.rs`): the JSON
+/// `{"workload", "policies", "mesh"}` in the filter's `StringValue`.
+#[derive(Clone, Debug)]
+pub struct NativeFilter {
+    /// `<namespace>/<name>`.
+    pub workload: String,
+    pub policies: Vec<PathBuf>,
+    pub mesh: Option<PathBuf>,
+}
+
+impl NativeFilter {
+    /// The JSON of `filter_config`.
+    pub fn config_json(&self) -> String {
+        let mut v = json!({
+            "workload": self.workload,
+            "policies": self.policies.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        });
+        if let Some(mesh) = &self.mesh {
+            v["mesh"] = json!(mesh.display().to_string());
+        }
+        v.to_string()
+    }
+}
+
+/// The plaintext and mTLS listener names of the `index`-th workload in native mode.
+pub fn native_listeners(index: usize) -> (String, String) {
+    (
+        format!("{PLAIN_HTTP}_w{index}"),
+        format!("{MTLS_HTTP}_w{index}"),
+    )
 }
 
 /// A TCP listener: network ext_authz, then `tcp_proxy` to the echo server.
@@ -113,8 +170,7 @@ pub struct TcpListener {
 /// Everything one Envoy runs.
 #[derive(Clone, Debug)]
 pub struct EnvoyConfig {
-    /// meshauthz's gRPC address.
-    pub ext_authz: SocketAddr,
+    pub enforcement: Enforcement,
     /// Upstream of the TCP listeners.
     pub echo: Option<SocketAddr>,
     /// Upstream of the HTTP routes (`None`: a `direct_response` 200 instead).
@@ -150,7 +206,7 @@ impl EnvoyConfig {
             san_prefix: Some("spiffe://".to_string()),
         };
         Ok(EnvoyConfig {
-            ext_authz,
+            enforcement: Enforcement::ExtAuthz { grpc: ext_authz },
             echo: Some(crate::wire::echo_server()?),
             upstream: Some(crate::wire::upstream_server()?),
             server_tls: Some(server_tls),
@@ -173,6 +229,46 @@ impl EnvoyConfig {
             timeout: Duration::from_secs(1),
             jwt_authn_jwks: None,
         })
+    }
+
+    /// The native-filter replay set: for each workload (in order) a plaintext and an mTLS HTTP
+    /// listener (URI SAN prefix `spiffe://`, named by [`native_listeners`]), each behind the
+    /// PROXY protocol listener filter with `filters[i]` as its filter config; HTTP routes to the
+    /// process-wide upstream server. No TCP listeners: the module is an HTTP filter.
+    pub fn native_replay(
+        module_dir: PathBuf,
+        server_tls: ServerFiles,
+        filters: &[NativeFilter],
+    ) -> Result<Self> {
+        let mut http = Vec::new();
+        for (i, f) in filters.iter().enumerate() {
+            let (plain, mtls) = native_listeners(i);
+            let mut p = HttpListener::new(&plain, Tls::Plain);
+            p.native = Some(f.clone());
+            let mut m = HttpListener::new(
+                &mtls,
+                Tls::Mtls {
+                    san_prefix: Some("spiffe://".to_string()),
+                },
+            );
+            m.native = Some(f.clone());
+            http.push(p);
+            http.push(m);
+        }
+        Ok(EnvoyConfig {
+            enforcement: Enforcement::Native { module_dir },
+            echo: None,
+            upstream: Some(crate::wire::upstream_server()?),
+            server_tls: Some(server_tls),
+            http,
+            tcp: Vec::new(),
+            timeout: Duration::from_secs(1),
+            jwt_authn_jwks: None,
+        })
+    }
+
+    fn is_native(&self) -> bool {
+        matches!(self.enforcement, Enforcement::Native { .. })
     }
 
     fn timeout(&self) -> String {
@@ -224,16 +320,47 @@ impl EnvoyConfig {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
             "filter_chains": [chain]
         });
+        let mut listener_filters = Vec::new();
         if proxy_protocol {
-            l["listener_filters"] = json!([{
+            listener_filters.push(json!({
                 "name": "envoy.filters.listener.proxy_protocol",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}
-            }]);
+            }));
+        }
+        // The native filter reads the SNI from the connection (`requested_server_name`), which
+        // only the TLS inspector records; ext_authz gets it from the TLS session.
+        if self.is_native() && matches!(tls, Tls::Mtls { .. }) {
+            listener_filters.push(json!({
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}
+            }));
+        }
+        if !listener_filters.is_empty() {
+            l["listener_filters"] = Value::Array(listener_filters);
         }
         Ok(l)
     }
 
-    fn http_filters(&self, l: &HttpListener) -> Value {
+    fn http_filters(&self, l: &HttpListener) -> Result<Value> {
+        let native = match (&self.enforcement, &l.native) {
+            (Enforcement::ExtAuthz { .. }, None) => None,
+            (Enforcement::Native { .. }, Some(f)) => Some(f),
+            (Enforcement::ExtAuthz { .. }, Some(_)) => bail!(
+                "listener {}: a native filter config on an ext_authz Envoy",
+                l.name
+            ),
+            (Enforcement::Native { .. }, None) => bail!(
+                "listener {}: the native filter needs a filter config per listener",
+                l.name
+            ),
+        };
+        if native.is_some() && (l.vhost_workload.is_some() || !l.route_workloads.is_empty()) {
+            bail!(
+                "listener {}: context_extensions are ext_authz settings; the native filter's \
+                 workload is its filter config's",
+                l.name
+            );
+        }
         let per = |w: &str| {
             json!({"envoy.filters.http.ext_authz": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
@@ -281,7 +408,21 @@ impl EnvoyConfig {
             }
         });
         let mut filters = Vec::new();
-        if let Some(jwks) = &self.jwt_authn_jwks {
+        if let Some(f) = native {
+            filters.push(json!({
+                "name": "envoy.extensions.filters.http.dynamic_modules",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+                    // libmeshauthz_filter.so; it owns background threads: never unload it.
+                    "dynamic_module_config": {"name": "meshauthz_filter", "do_not_close": true},
+                    "filter_name": "meshauthz",
+                    "filter_config": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": f.config_json()
+                    }
+                }
+            }));
+        } else if let Some(jwks) = &self.jwt_authn_jwks {
             filters.push(json!({
                 "name": "envoy.filters.http.jwt_authn",
                 "typed_config": {
@@ -304,12 +445,14 @@ impl EnvoyConfig {
             ext_authz["typed_config"]["metadata_context_namespaces"] =
                 json!(["envoy.filters.http.jwt_authn"]);
         }
-        filters.push(ext_authz);
+        if native.is_none() {
+            filters.push(ext_authz);
+        }
         filters.push(json!({
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
         }));
-        json!([{
+        Ok(json!([{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -323,7 +466,7 @@ impl EnvoyConfig {
                 "route_config": {"name": "local", "virtual_hosts": [vhost]},
                 "http_filters": filters
             }
-        }])
+        }]))
     }
 
     fn tcp_filters(&self, l: &TcpListener) -> Value {
@@ -356,13 +499,16 @@ impl EnvoyConfig {
 
     /// The bootstrap, as JSON (which Envoy reads as YAML).
     pub fn to_json(&self) -> Result<Value> {
+        if self.is_native() && !self.tcp.is_empty() {
+            bail!("the native filter is an HTTP filter: no TCP listeners in native mode");
+        }
         let mut listeners = Vec::new();
         for l in &self.http {
             listeners.push(self.listener(
                 &l.name,
                 l.proxy_protocol,
                 &l.tls,
-                self.http_filters(l),
+                self.http_filters(l)?,
             )?);
         }
         for l in &self.tcp {
@@ -381,18 +527,21 @@ impl EnvoyConfig {
                 }}}}]}]
             })
         };
-        let mut clusters = vec![json!({
-            "name": "meshauthz",
-            "type": "STATIC",
-            "connect_timeout": "0.25s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}
-                }
-            },
-            "load_assignment": endpoint("meshauthz", self.ext_authz)
-        })];
+        let mut clusters = Vec::new();
+        if let Enforcement::ExtAuthz { grpc } = self.enforcement {
+            clusters.push(json!({
+                "name": "meshauthz",
+                "type": "STATIC",
+                "connect_timeout": "0.25s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {}}
+                    }
+                },
+                "load_assignment": endpoint("meshauthz", grpc)
+            }));
+        }
         if let Some(upstream) = self.upstream {
             clusters.push(json!({
                 "name": "upstream",
@@ -433,20 +582,39 @@ const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Envoy {
     /// Writes the config to `dir/envoy.json` and starts Envoy (`--disable-hot-restart
-    /// --concurrency 1 -l warn`, admin on an ephemeral port); returns once `/ready` says `LIVE`.
+    /// --concurrency 1 -l warn`, admin on an ephemeral port, and for the native filter
+    /// `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`); returns once `/ready` says `LIVE`.
     pub fn start(bin: &Path, config: &EnvoyConfig, dir: &Path) -> Result<Envoy> {
         let cfg = dir.join("envoy.json");
         std::fs::write(&cfg, serde_json::to_string_pretty(&config.to_json()?)?)?;
-        Envoy::start_file(bin, &cfg, dir, "envoy")
+        let modules = match &config.enforcement {
+            Enforcement::Native { module_dir } => Some(module_dir.as_path()),
+            Enforcement::ExtAuthz { .. } => None,
+        };
+        Envoy::spawn(bin, &cfg, dir, "envoy", modules)
     }
 
     /// Starts Envoy on a config file, in `dir` (relative paths of the config resolve there);
     /// `name` names its admin-address and log files.
     pub fn start_file(bin: &Path, cfg: &Path, dir: &Path, name: &str) -> Result<Envoy> {
+        Envoy::spawn(bin, cfg, dir, name, None)
+    }
+
+    fn spawn(
+        bin: &Path,
+        cfg: &Path,
+        dir: &Path,
+        name: &str,
+        module_dir: Option<&Path>,
+    ) -> Result<Envoy> {
         let admin_path = dir.join(format!("{name}-admin-address"));
         let _ = std::fs::remove_file(&admin_path);
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(d) = module_dir {
+            cmd.env("ENVOY_DYNAMIC_MODULES_SEARCH_PATH", d);
+        }
+        let child = cmd
             .arg("-c")
             .arg(cfg)
             .args(["--disable-hot-restart", "--concurrency", "1", "-l", "warn"])

@@ -46,31 +46,7 @@ fn locate_and_build() -> Result<PathBuf> {
         }
         return Ok(p);
     }
-    let root = crate::workspace_root();
-    let dir = profile_dir().unwrap_or_else(|| root.join("target/debug"));
-    let profile = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug")
-        .to_string();
-    let target_dir = dir
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| root.join("target"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "authz", "--bin", "meshauthz"])
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(&root);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
+    let (mut cmd, dir) = cargo_build(&["-p", "authz", "--bin", "meshauthz"]);
     let out = cmd.output().context("running cargo build -p authz")?;
     if !out.status.success() {
         bail!(
@@ -84,6 +60,38 @@ fn locate_and_build() -> Result<PathBuf> {
         bail!("{} is missing after cargo build", bin.display());
     }
     Ok(bin)
+}
+
+/// `cargo build --quiet ARGS` in this test build's profile and target directory, run from the
+/// workspace root, and that profile's output directory (`target/<profile>`).
+pub(crate) fn cargo_build(args: &[&str]) -> (Command, PathBuf) {
+    let root = crate::workspace_root();
+    let dir = profile_dir().unwrap_or_else(|| root.join("target/debug"));
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let target_dir = dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(&root);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    (cmd, dir)
 }
 
 /// Arguments of `meshauthz serve`.
