@@ -226,6 +226,58 @@ pub struct CedarPolicy {
     pub rule: usize,
     pub text: String,
     pub policy: cedar_policy::Policy,
+    /// Path-index keys (see [`path_index_key`]): the policy can only match a request whose key
+    /// is one of these. `None`: it may match any path (or none is needed: TCP forms).
+    pub path_keys: Option<Vec<String>>,
+}
+
+/// The path-index key of a normalized request path: its first two segments (`/api/v1` for
+/// `/api/v1/items`), or the whole path when it is shorter. The engine evaluates only the
+/// policies whose [`CedarPolicy::path_keys`] contain the request's key, plus the unindexed ones.
+pub fn path_index_key(path: &str) -> &str {
+    let mut slashes = 0;
+    for (i, c) in path.char_indices() {
+        if c == '/' {
+            slashes += 1;
+            if slashes == 3 {
+                return &path[..i];
+            }
+        }
+    }
+    path
+}
+
+/// The keys of a rule's HTTP form: `Some` only when every `to` operation requires one of its
+/// `paths`, and each such pattern fixes the first two segments (an exact path, or a prefix
+/// `/a/b/...*`). Suffixes, `*`, templates and shorter prefixes leave the rule unindexed.
+fn rule_path_keys(rule: &Rule) -> Option<Vec<String>> {
+    let ops = rule.to.as_ref()?;
+    let mut keys: Vec<String> = Vec::new();
+    for t in ops {
+        let op = t.operation.as_ref()?;
+        if op.paths.is_empty() {
+            return None;
+        }
+        for p in &op.paths {
+            if uri_template::is_template(p) || p.starts_with('*') {
+                return None;
+            }
+            let key = match p.strip_suffix('*') {
+                Some(literal) => {
+                    // Both first segments must be complete: `/a/b/` or longer.
+                    if literal.matches('/').count() < 3 {
+                        return None;
+                    }
+                    path_index_key(literal).to_string()
+                }
+                None => path_index_key(p).to_string(),
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    Some(keys)
 }
 
 /// One field-level condition of a rule, for "why did this not match" explanations.
@@ -609,6 +661,11 @@ fn compile_authorization(
                 scope: &scope_expr,
                 condition: &cond,
             });
+            let path_keys = if proto == Some("tcp") {
+                None
+            } else {
+                rule_path_keys(rule)
+            };
             match cedar_policy::Policy::parse(Some(cedar_policy::PolicyId::new(&id)), &text) {
                 Ok(policy) => policies.push(CedarPolicy {
                     id,
@@ -616,6 +673,7 @@ fn compile_authorization(
                     rule: index,
                     text,
                     policy,
+                    path_keys,
                 }),
                 Err(e) => errors.push(LoadError::new(
                     Location {
@@ -1472,6 +1530,32 @@ fn compile_request(ra: &Loaded<RequestAuthenticationSpec>, mesh: &MeshConfig) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_index_keys() {
+        assert_eq!(path_index_key("/api/v1/items"), "/api/v1");
+        assert_eq!(path_index_key("/api/v1"), "/api/v1");
+        assert_eq!(path_index_key("/api/"), "/api/");
+        assert_eq!(path_index_key("/"), "/");
+        let rule = |paths: &[&str]| Rule {
+            to: Some(vec![crate::resources::To {
+                operation: Some(Operation {
+                    paths: paths.iter().map(|p| p.to_string()).collect(),
+                    ..Operation::default()
+                }),
+            }]),
+            ..Rule::default()
+        };
+        assert_eq!(
+            rule_path_keys(&rule(&["/api/v1/*", "/health"])),
+            Some(vec!["/api/v1".to_string(), "/health".to_string()])
+        );
+        assert_eq!(rule_path_keys(&rule(&["/api/v1*"])), None);
+        assert_eq!(rule_path_keys(&rule(&["/api/*"])), None);
+        assert_eq!(rule_path_keys(&rule(&["*.css"])), None);
+        assert_eq!(rule_path_keys(&rule(&["/a/{*}/b"])), None);
+        assert_eq!(rule_path_keys(&Rule::default()), None);
+    }
 
     #[test]
     fn trust_domain_alias_expansion() {

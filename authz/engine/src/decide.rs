@@ -340,7 +340,11 @@ pub fn decide_with(
         Err(e) => return internal_error(generation, &e),
     };
     let authorizer = Authorizer::new();
-    let resp = authorizer.is_authorized(&request, &class.enforced, &snapshot.entities);
+    let resp = authorizer.is_authorized(
+        &request,
+        class.enforced_for(http.as_deref()),
+        &snapshot.entities,
+    );
     let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
     let reasons: Vec<&str> = resp.diagnostics().reason().map(|id| id.as_ref()).collect();
 

@@ -48,8 +48,13 @@ pub struct PolicyMeta {
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyClass {
     /// Enforced: DENY and unusable-CUSTOM forbids, ALLOW permits, and the Istio default permit
-    /// when no enforced ALLOW policy applies.
+    /// when no enforced ALLOW policy applies — the ones not indexed by path. This is the whole
+    /// set for a request whose path key (`policy_compiler::compile::path_index_key`) no policy
+    /// of the class is indexed under.
     pub enforced: PolicySet,
+    /// Path key -> the unindexed policies plus those indexed under that key. A policy indexed
+    /// under other keys cannot match such a request, so leaving it out changes no decision.
+    pub enforced_by_path: HashMap<String, PolicySet>,
     /// Only the CUSTOM forbids, which Istio evaluates before authentication.
     pub custom_deny: Option<PolicySet>,
     /// Observed permits: AUDIT, dry-run ALLOW, delegated CUSTOM.
@@ -168,6 +173,15 @@ impl ContextNeeds {
                 .map(|(a, k)| (a.clone(), k.clone()))
                 .collect(),
         }
+    }
+}
+
+impl PolicyClass {
+    /// The enforced policies that can match a request with this normalized path (`None`: TCP).
+    pub fn enforced_for(&self, path: Option<&str>) -> &PolicySet {
+        path.map(policy_compiler::compile::path_index_key)
+            .and_then(|key| self.enforced_by_path.get(key))
+            .unwrap_or(&self.enforced)
     }
 }
 
@@ -549,6 +563,7 @@ fn build_class(
     vocabulary: &policy_compiler::schema::Vocabulary,
 ) -> Result<PolicyClass, SnapshotError> {
     let mut enforced = PolicySet::new();
+    let mut indexed: Vec<(&Policy, &[String])> = Vec::new();
     let mut custom_deny = PolicySet::new();
     let mut observed = PolicySet::new();
     let mut observed_deny = PolicySet::new();
@@ -563,7 +578,10 @@ fn build_class(
         let usable_provider = matches!(ap.provider, Some((_, Some(_)))) && !conflicting;
         for p in &ap.policies {
             match p.role {
-                Role::Allow | Role::Deny => add(&mut enforced, &p.policy)?,
+                Role::Allow | Role::Deny => match &p.path_keys {
+                    Some(keys) => indexed.push((&p.policy, keys)),
+                    None => add(&mut enforced, &p.policy)?,
+                },
                 Role::CustomDeny if !usable_provider => {
                     add(&mut enforced, &p.policy)?;
                     add(&mut custom_deny, &p.policy)?;
@@ -581,6 +599,17 @@ fn build_class(
     if !has_enforced_allow {
         add(&mut enforced, default_allow)?;
     }
+    let mut enforced_by_path: HashMap<String, PolicySet> = HashMap::new();
+    for (policy, keys) in &indexed {
+        for key in keys.iter() {
+            if !enforced_by_path.contains_key(key) {
+                enforced_by_path.insert(key.clone(), enforced.clone());
+            }
+            if let Some(set) = enforced_by_path.get_mut(key) {
+                add(set, policy)?;
+            }
+        }
+    }
     let texts = applicable
         .iter()
         .filter_map(|i| all.get(*i))
@@ -590,6 +619,7 @@ fn build_class(
     Ok(PolicyClass {
         needs,
         enforced,
+        enforced_by_path,
         custom_deny: non_empty(custom_deny),
         observed: non_empty(observed),
         observed_deny: non_empty(observed_deny),
