@@ -827,37 +827,7 @@ pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> 
     let Some(class) = snapshot.classes.get(state.class) else {
         return Vec::new();
     };
-    let principal = req
-        .source_principal
-        .as_deref()
-        .filter(|p| spiffe_trust_domain(p).is_ok());
-    let (mode, _) = state.mtls.mode(req.destination_port);
-    let principal = if mode == MtlsMode::Disable {
-        None
-    } else {
-        principal
-    };
-    let path = if req.protocol == Protocol::Http {
-        normalize_path(&req.path, snapshot.compiled.mesh.path_normalization).ok()
-    } else {
-        None
-    };
-    let claims = if req.protocol == Protocol::Http && !state.providers.is_empty() {
-        authenticate(snapshot, state, req, &crate::cache::NoCache)
-            .ok()
-            .flatten()
-            .map(|v| v.claims)
-    } else {
-        None
-    };
-    let inputs = ContextInputs {
-        req,
-        principal,
-        normalized_path: path.as_deref(),
-        claims: claims.as_ref(),
-    };
-    let needs = ContextNeeds::all(&snapshot.compiled.vocabulary);
-    let Ok(request) = build_request(snapshot, state, &inputs, &needs) else {
+    let Some(request) = full_request(snapshot, state, req) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -909,11 +879,21 @@ fn eval_bool(snapshot: &Snapshot, request: &Request, expr: &str) -> Option<bool>
 /// for tools and baselines that evaluate Cedar directly. `None` for an unknown workload or a
 /// path the engine rejects.
 pub fn cedar_request(snapshot: &Snapshot, req: &RequestAttrs) -> Option<Request> {
-    let state = snapshot.workloads.get(&req.workload)?;
+    full_request(snapshot, state_of(snapshot, req)?, req)
+}
+
+fn state_of<'s>(snapshot: &'s Snapshot, req: &RequestAttrs) -> Option<&'s WorkloadState> {
+    snapshot.workloads.get(&req.workload)
+}
+
+/// The request with every attribute of the vocabulary (explanations and baselines, not the
+/// request path): the same identity, path and claims `decide` would use.
+fn full_request(snapshot: &Snapshot, state: &WorkloadState, req: &RequestAttrs) -> Option<Request> {
+    let (mode, _) = state.mtls.mode(req.destination_port);
     let principal = req
         .source_principal
         .as_deref()
-        .filter(|p| spiffe_trust_domain(p).is_ok());
+        .filter(|p| spiffe_trust_domain(p).is_ok() && mode != MtlsMode::Disable);
     let path = match req.protocol {
         Protocol::Http => {
             Some(normalize_path(&req.path, snapshot.compiled.mesh.path_normalization).ok()?)
