@@ -649,24 +649,27 @@ fn compile_authorization(
             }
         }
         for (id, role, cond, proto) in variants {
-            let text = render_policy(&PolicyText {
+            let source = format!("{}:{line}", ap.origin.file);
+            let shape = PolicyText {
                 id: &id,
                 key: &key,
                 action: spec.action,
                 role,
                 rule: index,
-                source: &format!("{}:{line}", ap.origin.file),
+                source: &source,
                 protocol: proto,
                 provider: provider.as_ref().map(|p| p.0.as_str()),
                 scope: &scope_expr,
                 condition: &cond,
-            });
+            };
+            let text = render_policy(&shape);
+            let compact = render_body(&shape, " ");
             let path_keys = if proto == Some("tcp") {
                 None
             } else {
                 rule_path_keys(rule)
             };
-            match cedar_policy::Policy::parse(Some(cedar_policy::PolicyId::new(&id)), &text) {
+            match cedar_policy::Policy::parse(Some(cedar_policy::PolicyId::new(&id)), &compact) {
                 Ok(policy) => policies.push(CedarPolicy {
                     id,
                     role,
@@ -763,18 +766,27 @@ fn render_policy(p: &PolicyText<'_>) -> String {
     if let Some(proto) = p.protocol {
         out.push_str(&format!("@protocol(\"{proto}\")\n"));
     }
-    out.push_str(if p.role.is_forbid() {
+    out.push_str(&render_body(p, "\n"));
+    out
+}
+
+/// The policy without annotations, on one line when `sep` is a space: what the engine parses
+/// and holds. Cedar keeps a policy's source text in every copy of it (one per policy class),
+/// and the provenance lives in the snapshot's own tables.
+fn render_body(p: &PolicyText<'_>, sep: &str) -> String {
+    let mut out = String::from(if p.role.is_forbid() {
         "forbid"
     } else {
         "permit"
     });
     out.push_str(" (principal, action, resource)");
     if *p.scope != Expr::True {
-        out.push_str(&format!("\nwhen {{ {} }}", p.scope.render()));
+        out.push_str(&format!("{sep}when {{ {} }}", p.scope.render()));
     }
     match p.condition {
         Expr::True => {}
-        c => out.push_str(&format!("\nwhen {{\n  {}\n}}", c.render_lines("  "))),
+        c if sep == "\n" => out.push_str(&format!("\nwhen {{\n  {}\n}}", c.render_lines("  "))),
+        c => out.push_str(&format!(" when {{ {} }}", c.render())),
     }
     out.push(';');
     out
