@@ -340,20 +340,38 @@ pub fn decide_with(
         Err(e) => return internal_error(generation, &e),
     };
     let authorizer = Authorizer::new();
-    let resp = authorizer.is_authorized(
-        &request,
-        class.enforced_for(http.as_deref()),
-        &snapshot.entities,
-    );
-    let errors: Vec<String> = resp.diagnostics().errors().map(|e| e.to_string()).collect();
-    let reasons: Vec<&str> = resp.diagnostics().reason().map(|id| id.as_ref()).collect();
+    // The class's unindexed policies, and those indexed under the request's path key: two
+    // evaluations combined as one set would be (forbid overrides permit; reasons are the union).
+    let responses: Vec<cedar_policy::Response> = std::iter::once(&class.enforced)
+        .chain(class.indexed_for(http.as_deref()))
+        .map(|set| authorizer.is_authorized(&request, set, &snapshot.entities))
+        .collect();
+    let errors: Vec<String> = responses
+        .iter()
+        .flat_map(|r| r.diagnostics().errors().map(|e| e.to_string()))
+        .collect();
+    let forbids: Vec<&str> = responses
+        .iter()
+        .filter(|r| r.decision() == CedarDecision::Deny)
+        .flat_map(|r| r.diagnostics().reason().map(|id| id.as_ref()))
+        .collect();
+    let permitted = forbids.is_empty();
+    let reasons: Vec<&str> = if permitted {
+        responses
+            .iter()
+            .filter(|r| r.decision() == CedarDecision::Allow)
+            .flat_map(|r| r.diagnostics().reason().map(|id| id.as_ref()))
+            .collect()
+    } else {
+        forbids
+    };
 
     let mut d = if !errors.is_empty() {
         // Cedar skips a policy that errors; for a forbid that would open access. Deny instead.
         let mut d = Decision::new(Verdict::Deny, Reason::EvaluationError, generation);
         d.errors = errors;
         d
-    } else if resp.decision() == CedarDecision::Allow {
+    } else if permitted && !reasons.is_empty() {
         let default_only = reasons.iter().all(|r| *r == DEFAULT_ALLOW_ID);
         let mut d = Decision::new(
             Verdict::Allow,

@@ -48,13 +48,14 @@ pub struct PolicyMeta {
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyClass {
     /// Enforced: DENY and unusable-CUSTOM forbids, ALLOW permits, and the Istio default permit
-    /// when no enforced ALLOW policy applies — the ones not indexed by path. This is the whole
-    /// set for a request whose path key (`policy_compiler::compile::path_index_key`) no policy
-    /// of the class is indexed under.
+    /// when no enforced ALLOW policy applies — the ones not indexed by path (see
+    /// `policy_compiler::compile::path_index_key`).
     pub enforced: PolicySet,
-    /// Path key -> the unindexed policies plus those indexed under that key. A policy indexed
-    /// under other keys cannot match such a request, so leaving it out changes no decision.
-    pub enforced_by_path: HashMap<String, PolicySet>,
+    /// Path key -> the enforced policies indexed under it, evaluated together with `enforced`.
+    /// A policy indexed under other keys cannot match such a request, so leaving it out changes
+    /// no decision; keeping the buckets apart (not copies of `enforced` plus the bucket) keeps
+    /// one copy of each unindexed policy per class.
+    pub indexed_by_path: HashMap<String, PolicySet>,
     /// Only the CUSTOM forbids, which Istio evaluates before authentication.
     pub custom_deny: Option<PolicySet>,
     /// Observed permits: AUDIT, dry-run ALLOW, delegated CUSTOM.
@@ -177,11 +178,11 @@ impl ContextNeeds {
 }
 
 impl PolicyClass {
-    /// The enforced policies that can match a request with this normalized path (`None`: TCP).
-    pub fn enforced_for(&self, path: Option<&str>) -> &PolicySet {
+    /// The indexed policies that can match a request with this normalized path (`None`: TCP),
+    /// to evaluate besides `enforced`.
+    pub fn indexed_for(&self, path: Option<&str>) -> Option<&PolicySet> {
         path.map(policy_compiler::compile::path_index_key)
-            .and_then(|key| self.enforced_by_path.get(key))
-            .unwrap_or(&self.enforced)
+            .and_then(|key| self.indexed_by_path.get(key))
     }
 }
 
@@ -599,15 +600,10 @@ fn build_class(
     if !has_enforced_allow {
         add(&mut enforced, default_allow)?;
     }
-    let mut enforced_by_path: HashMap<String, PolicySet> = HashMap::new();
+    let mut indexed_by_path: HashMap<String, PolicySet> = HashMap::new();
     for (policy, keys) in &indexed {
         for key in keys.iter() {
-            if !enforced_by_path.contains_key(key) {
-                enforced_by_path.insert(key.clone(), enforced.clone());
-            }
-            if let Some(set) = enforced_by_path.get_mut(key) {
-                add(set, policy)?;
-            }
+            add(indexed_by_path.entry(key.clone()).or_default(), policy)?;
         }
     }
     let texts = applicable
@@ -619,7 +615,7 @@ fn build_class(
     Ok(PolicyClass {
         needs,
         enforced,
-        enforced_by_path,
+        indexed_by_path,
         custom_deny: non_empty(custom_deny),
         observed: non_empty(observed),
         observed_deny: non_empty(observed_deny),
