@@ -63,5 +63,71 @@ fn decide(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, decide);
+/// A verified-token cache for the benchmark (the server uses moka; this measures the engine).
+#[derive(Default)]
+struct MapCache(
+    std::sync::Mutex<
+        std::collections::HashMap<
+            authz_engine::TokenKey,
+            std::sync::Arc<authz_engine::VerifiedToken>,
+        >,
+    >,
+);
+
+impl authz_engine::TokenCache for MapCache {
+    fn get(
+        &self,
+        key: &authz_engine::TokenKey,
+    ) -> Option<std::sync::Arc<authz_engine::VerifiedToken>> {
+        self.0.lock().unwrap().get(key).cloned()
+    }
+    fn insert(
+        &self,
+        key: authz_engine::TokenKey,
+        token: std::sync::Arc<authz_engine::VerifiedToken>,
+        _ttl: u64,
+    ) {
+        self.0.lock().unwrap().insert(key, token);
+    }
+}
+
+/// A request carrying an RS256 JWT: verified on every decision (cold) vs through the cache.
+fn jwt(c: &mut Criterion) {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../authz/engine/tests/fixtures"
+    );
+    let jwks = std::fs::read_to_string(format!("{fixtures}/rsa.jwks.json")).unwrap();
+    let pem = std::fs::read(format!("{fixtures}/rsa-private.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("rsa-1".into());
+    let claims = serde_json::json!({"iss": "https://issuer.bench", "sub": "alice", "groups": ["team-1"], "exp": 4102444800u64});
+    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: ns-0}}\nspec:\n  jwtRules:\n  - issuer: https://issuer.bench\n    jwks: '{}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: need-jwt, namespace: ns-0}}\nspec:\n  rules:\n  - from: [{{source: {{requestPrincipals: [\"https://issuer.bench/*\"]}}}}]\n    when: [{{key: \"request.auth.claims[groups]\", values: [\"team-1\"]}}]\n",
+        jwks.replace('\n', "")
+    );
+    let mut estate = meshauthz_bench::generate(10, 7);
+    estate.yaml = yaml;
+    let snapshot =
+        authz_engine::Snapshot::build(meshauthz_bench::compile(&estate).unwrap(), 1).unwrap();
+    let mut req = estate.requests[0].1.clone();
+    req.headers
+        .push(("authorization".into(), format!("Bearer {token}")));
+    req.now = 1_900_000_000;
+    assert_eq!(
+        authz_engine::decide(&snapshot, &req).verdict,
+        authz_engine::Verdict::Allow
+    );
+    let cache = MapCache::default();
+    let mut g = c.benchmark_group("jwt");
+    g.bench_function("cold", |b| b.iter(|| authz_engine::decide(&snapshot, &req)));
+    g.bench_function("cached", |b| {
+        b.iter(|| authz_engine::decide_with(&snapshot, &req, &cache))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, decide, jwt);
 criterion_main!(benches);
