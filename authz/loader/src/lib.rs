@@ -3,6 +3,7 @@
 //! keys. Synchronous (std threads and blocking HTTP with timeouts), so the native filter can use
 //! it without an async runtime. Never called on the request path.
 
+pub mod cluster;
 pub mod files;
 pub mod jwks;
 pub mod watch;
