@@ -22,6 +22,7 @@ pub mod admin;
 pub mod cache;
 pub mod convert;
 pub mod grpc;
+pub mod kube;
 pub mod log;
 pub mod metrics;
 
@@ -49,11 +50,28 @@ use self::metrics::{JwksLabels, Metrics};
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Policy files or directories (every *.yaml, *.yml, *.json, recursively), watched for changes.
-    #[arg(long = "policies", required = true, num_args = 1..)]
+    #[arg(long = "policies", required_unless_present = "kubernetes", num_args = 1..)]
     pub policies: Vec<PathBuf>,
     /// Mesh settings and workloads (the `mesh:` and `workloads:` sections of a test file), watched.
+    /// With --kubernetes: the mesh settings, instead of the `istio` ConfigMap.
     #[arg(long)]
     pub mesh: Option<PathBuf>,
+    /// Watch the Kubernetes API instead of files: AuthorizationPolicy, PeerAuthentication and
+    /// RequestAuthentication (security.istio.io v1, else v1beta1), Pods, and the `istio`
+    /// ConfigMap. Credentials: KUBECONFIG, ~/.kube/config or the in-cluster service account.
+    #[arg(long, conflicts_with = "policies")]
+    pub kubernetes: bool,
+    /// With --kubernetes: watch only these namespaces (repeatable; the Istio root namespace's
+    /// policies are watched too). Default: every namespace.
+    #[arg(
+        long = "watch-namespace",
+        requires = "kubernetes",
+        value_name = "NAMESPACE"
+    )]
+    pub watch_namespaces: Vec<String>,
+    /// With --kubernetes: the namespace of Istio's `istio` ConfigMap (mesh settings).
+    #[arg(long, default_value = "istio-system", value_name = "NAMESPACE")]
+    pub istio_namespace: String,
     /// The ext_authz gRPC listener (port 0: any free port).
     #[arg(long, default_value = "0.0.0.0:9191", env = "AUTHZ_GRPC_ADDR")]
     pub grpc_addr: SocketAddr,
@@ -98,6 +116,8 @@ pub struct State {
     pub jwks: JwksHandle,
     pub metrics: Arc<Metrics>,
     pub tokens: MokaTokenCache,
+    /// The Kubernetes source's health, with --kubernetes.
+    pub kube: Option<kube::KubeHandle>,
     pub options: CheckOptions,
     pub ids: DecisionIds,
 }
@@ -115,6 +135,13 @@ impl State {
     /// `None` when ready: a snapshot is loaded (always, once constructed) and every `jwksUri`
     /// of the policy had its first fetch attempt (success or not).
     pub fn not_ready(&self) -> Option<String> {
+        if let Some(why) = self.kube.as_ref().and_then(|k| {
+            k.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .not_synced()
+        }) {
+            return Some(why);
+        }
         if self.watch.get().generation == 0 {
             return Some("no policy snapshot loaded".to_string());
         }
@@ -201,20 +228,50 @@ pub fn run(args: &ServeArgs) -> i32 {
     log::init(args.log_format);
     let metrics = Arc::new(Metrics::new());
     let observe = observer(metrics.clone());
-    let watcher = match PolicyWatcher::start(
-        WatchConfig::new(args.policies.clone(), args.mesh.clone()),
-        observe.clone(),
-    ) {
-        Ok(w) => w,
-        Err(errors) => {
-            for e in &errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!(
-                "meshauthz serve: {} error(s) in the policies; not serving",
-                errors.len()
-            );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshauthz-serve")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
             return 1;
+        }
+    };
+    let source = if args.kubernetes {
+        let config = kube::KubeConfig {
+            namespaces: args.watch_namespaces.clone(),
+            istio_namespace: args.istio_namespace.clone(),
+            mesh_file: args.mesh.clone(),
+        };
+        match runtime.block_on(kube::KubeSource::start(
+            config,
+            observe.clone(),
+            metrics.clone(),
+        )) {
+            Ok(k) => PolicySource::Kubernetes(k),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        }
+    } else {
+        match PolicyWatcher::start(
+            WatchConfig::new(args.policies.clone(), args.mesh.clone()),
+            observe.clone(),
+        ) {
+            Ok(w) => PolicySource::Files(w),
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("error: {e}");
+                }
+                eprintln!(
+                    "meshauthz serve: {} error(s) in the policies; not serving",
+                    errors.len()
+                );
+                return 1;
+            }
         }
     };
     let tls = match tls_config(args) {
@@ -228,7 +285,7 @@ pub fn run(args: &ServeArgs) -> i32 {
         refresh_interval: Duration::from_secs(args.jwks_refresh_interval.max(1)),
         ..JwksConfig::default()
     };
-    let jwks = match JwksStore::start(watcher.publisher().clone(), jwks_config, observe) {
+    let jwks = match JwksStore::start(source.publisher().clone(), jwks_config, observe) {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: cannot start the JWKS fetcher: {e}");
@@ -236,12 +293,16 @@ pub fn run(args: &ServeArgs) -> i32 {
         }
     };
     let state = Arc::new(State {
-        snapshot: watcher.shared(),
-        publisher: watcher.publisher().clone(),
-        watch: watcher.status_handle(),
+        snapshot: source.publisher().shared(),
+        publisher: source.publisher().clone(),
+        watch: source.status(),
         jwks: jwks.handle(),
         metrics,
         tokens: MokaTokenCache::new(cache::MAX_TOKENS),
+        kube: match &source {
+            PolicySource::Kubernetes(k) => Some(k.view.clone()),
+            PolicySource::Files(_) => None,
+        },
         options: CheckOptions {
             convert: ConvertOptions {
                 trust_xfcc: args.trust_xfcc,
@@ -250,17 +311,6 @@ pub fn run(args: &ServeArgs) -> i32 {
         },
         ids: DecisionIds::default(),
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("meshauthz-serve")
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return 1;
-        }
-    };
     let code = match runtime.block_on(serve(args, state, tls)) {
         Ok(()) => 0,
         Err(e) => {
@@ -269,10 +319,32 @@ pub fn run(args: &ServeArgs) -> i32 {
         }
     };
     drop(jwks);
-    drop(watcher);
+    drop(source);
     // Drop the runtime without waiting on blocked work (none is expected).
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// Where policy comes from: files (polled) or the Kubernetes API (watched).
+enum PolicySource {
+    Files(PolicyWatcher),
+    Kubernetes(kube::KubeSource),
+}
+
+impl PolicySource {
+    fn publisher(&self) -> &Arc<Publisher> {
+        match self {
+            PolicySource::Files(w) => w.publisher(),
+            PolicySource::Kubernetes(k) => &k.publisher,
+        }
+    }
+
+    fn status(&self) -> StatusHandle {
+        match self {
+            PolicySource::Files(w) => w.status_handle(),
+            PolicySource::Kubernetes(k) => k.status.clone(),
+        }
+    }
 }
 
 fn tls_config(args: &ServeArgs) -> Result<Option<ServerTlsConfig>, String> {

@@ -201,11 +201,13 @@ impl ClusterState {
         }
     }
 
-    /// A complete list of one kind (the initial list, or a re-list after the watch expired):
-    /// objects absent from it are gone; the others are applied.
+    /// A complete list of one kind (the initial list, or a re-list after the watch expired), of
+    /// one namespace or (`None`) of all: objects of the kind in that scope that are absent from
+    /// it are gone; the others are applied.
     pub fn reset_policies(
         &mut self,
         kind: PolicyKind,
+        namespace: Option<&str>,
         api_version: &str,
         objects: Vec<Value>,
     ) -> Changed {
@@ -213,8 +215,11 @@ impl ClusterState {
         let keep: std::collections::BTreeSet<(String, String)> =
             objects.iter().map(object_key).collect();
         let before = self.policies.len();
-        self.policies
-            .retain(|(k, ns, n), _| *k != kind || keep.contains(&(ns.clone(), n.clone())));
+        self.policies.retain(|(k, ns, n), _| {
+            *k != kind
+                || namespace.is_some_and(|scope| scope != ns)
+                || keep.contains(&(ns.clone(), n.clone()))
+        });
         if self.policies.len() != before {
             changed = Changed::Yes;
         }
@@ -253,8 +258,14 @@ impl ClusterState {
         }
     }
 
-    pub fn reset_pods(&mut self, objects: &[Value]) -> Changed {
-        let mut next = BTreeMap::new();
+    /// A complete list of pods, of one namespace or (`None`) of all.
+    pub fn reset_pods(&mut self, namespace: Option<&str>, objects: &[Value]) -> Changed {
+        let mut next: BTreeMap<(String, String), Workload> = self
+            .pods
+            .iter()
+            .filter(|((ns, _), _)| namespace.is_some_and(|scope| scope != ns))
+            .map(|(k, w)| (k.clone(), w.clone()))
+            .collect();
         for object in objects {
             if let Some(w) = pod_workload(object) {
                 next.insert(object_key(object), w);
@@ -452,10 +463,9 @@ fn fallback_for(
                 ),
             }
         }
-        PolicyKind::PeerAuthentication => (
-            Fallback::Strict,
-            Some(json!({"mtls": {"mode": "STRICT"}})),
-        ),
+        PolicyKind::PeerAuthentication => {
+            (Fallback::Strict, Some(json!({"mtls": {"mode": "STRICT"}})))
+        }
         PolicyKind::RequestAuthentication => (Fallback::Omitted, None),
     };
     let Some(Value::Object(body)) = body else {
@@ -542,8 +552,8 @@ pub fn mesh_from_istio_config(text: &str) -> Result<MeshConfig, String> {
         mesh.trust_domain = v;
     }
     if let Some(v) = get("trustDomainAliases") {
-        mesh.trust_domain_aliases = serde_yaml::from_value(v.clone())
-            .map_err(|e| format!("`trustDomainAliases`: {e}"))?;
+        mesh.trust_domain_aliases =
+            serde_yaml::from_value(v.clone()).map_err(|e| format!("`trustDomainAliases`: {e}"))?;
     }
     if let Some(v) = get("pathNormalization").and_then(|p| p.get("normalization")) {
         mesh.path_normalization = serde_yaml::from_value::<PathNormalization>(v.clone())
@@ -553,13 +563,12 @@ pub fn mesh_from_istio_config(text: &str) -> Result<MeshConfig, String> {
         .and_then(|d| d.get("gatewayTopology"))
         .and_then(|g| g.get("numTrustedProxies"))
     {
-        mesh.num_trusted_proxies = serde_yaml::from_value(v.clone()).map_err(|e| {
-            format!("`defaultConfig.gatewayTopology.numTrustedProxies`: {e}")
-        })?;
+        mesh.num_trusted_proxies = serde_yaml::from_value(v.clone())
+            .map_err(|e| format!("`defaultConfig.gatewayTopology.numTrustedProxies`: {e}"))?;
     }
     if let Some(v) = get("extensionProviders") {
-        mesh.extension_providers = serde_yaml::from_value(v.clone())
-            .map_err(|e| format!("`extensionProviders`: {e}"))?;
+        mesh.extension_providers =
+            serde_yaml::from_value(v.clone()).map_err(|e| format!("`extensionProviders`: {e}"))?;
     }
     Ok(mesh)
 }

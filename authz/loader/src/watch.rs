@@ -350,6 +350,11 @@ impl Drop for PolicyWatcher {
 pub struct StatusHandle(Arc<Mutex<WatchStatus>>);
 
 impl StatusHandle {
+    /// A handle on a status kept by another policy source (the Kubernetes watcher).
+    pub fn new(status: Arc<Mutex<WatchStatus>>) -> StatusHandle {
+        StatusHandle(status)
+    }
+
     pub fn get(&self) -> WatchStatus {
         lock(&self.0).clone()
     }

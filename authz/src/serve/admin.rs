@@ -88,6 +88,32 @@ async fn snapshot(AxumState(state): AxumState<Arc<State>>) -> Response {
             "errors": e.errors,
         })
     });
+    let kubernetes = state.kube.as_ref().map(|k| {
+        let view = k
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let watches: Vec<serde_json::Value> = view
+            .watches
+            .iter()
+            .map(|w| {
+                json!({
+                    "watch": w.label,
+                    "synced": w.synced,
+                    "failing_since": epoch(w.failing_since),
+                    "errors": w.errors,
+                    "last_error": w.last_error,
+                })
+            })
+            .collect();
+        json!({
+            "watches": watches,
+            "stale_seconds": view.stale_seconds(SystemTime::now()),
+            "invalid_objects": view.rejected,
+            "mesh_error": view.mesh_error,
+            "discovery_error": view.discovery_error,
+        })
+    });
     let body = json!({
         "generation": current.generation,
         "ready": state.not_ready().is_none(),
@@ -105,6 +131,7 @@ async fn snapshot(AxumState(state): AxumState<Arc<State>>) -> Response {
         "reload_errors": status.reload_errors,
         "jwks": jwks,
         "token_cache_entries": state.tokens.entry_count(),
+        "kubernetes": kubernetes,
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

@@ -21,6 +21,11 @@ pub struct DecisionLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JwksLabels {
     pub uri: String,
     pub result: &'static str,
@@ -57,6 +62,9 @@ pub struct Metrics {
     pub audit_matches: Counter,
     pub internal_errors: Counter,
     pub grpc_handled: Family<GrpcLabels, Counter>,
+    pub kube_watch_errors: Family<ResourceLabels, Counter>,
+    pub kube_stale_seconds: Gauge,
+    pub kube_invalid_objects: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -141,8 +149,29 @@ impl Metrics {
             "RPCs completed on the server, by gRPC status code of the call",
             grpc_handled.clone(),
         );
+        let kube_watch_errors = Family::<ResourceLabels, Counter>::default();
+        registry.register(
+            "meshauthz_kubernetes_watch_errors",
+            "Kubernetes list/watch failures by watch (each is retried with backoff)",
+            kube_watch_errors.clone(),
+        );
+        let kube_stale_seconds = Gauge::default();
+        registry.register(
+            "meshauthz_kubernetes_stale_seconds",
+            "Seconds the longest-failing Kubernetes watch has been failing (0: all healthy); the last snapshot serves meanwhile",
+            kube_stale_seconds.clone(),
+        );
+        let kube_invalid_objects = Gauge::default();
+        registry.register(
+            "meshauthz_kubernetes_invalid_objects",
+            "Policy objects in the cluster that failed validation (each enforced by its fail-closed stand-in)",
+            kube_invalid_objects.clone(),
+        );
         Metrics {
             registry,
+            kube_watch_errors,
+            kube_stale_seconds,
+            kube_invalid_objects,
             decisions,
             decision_duration,
             reloads,

@@ -103,6 +103,7 @@ fn reset_replaces_one_kind_and_keeps_the_others() {
     // A re-list that no longer has `a` (deleted while the watch was down) and changed `b`.
     let changed = state.reset_policies(
         AP,
+        None,
         "v1",
         vec![
             ap("foo", "b", allow_get(&["/b2"])),
@@ -114,12 +115,19 @@ fn reset_replaces_one_kind_and_keeps_the_others() {
     let names: Vec<String> = inputs.authorization.iter().map(|a| a.key()).collect();
     assert_eq!(names, ["foo/b", "foo/c"]);
     assert_eq!(inputs.peer.len(), 1, "a reset of one kind keeps the others");
-    assert_eq!(verdict(&state, "foo/httpbin-1", "/a", "sleep"), Verdict::Deny);
-    assert_eq!(verdict(&state, "foo/httpbin-1", "/b2", "sleep"), Verdict::Allow);
+    assert_eq!(
+        verdict(&state, "foo/httpbin-1", "/a", "sleep"),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&state, "foo/httpbin-1", "/b2", "sleep"),
+        Verdict::Allow
+    );
 
     // The same list again is no change (no recompile after a routine re-list).
     let same = state.reset_policies(
         AP,
+        None,
         "v1",
         vec![
             ap("foo", "c", allow_get(&["/c"])),
@@ -127,8 +135,19 @@ fn reset_replaces_one_kind_and_keeps_the_others() {
         ],
     );
     assert_eq!(same, Changed::No);
+    // A namespace's list leaves the other namespaces alone.
+    state.apply_policy(AP, "v1", ap("bar", "d", allow_get(&["/d"])));
+    assert_eq!(
+        state.reset_policies(AP, Some("bar"), "v1", vec![]),
+        Changed::Yes
+    );
+    assert_eq!(state.inputs().0.authorization.len(), 2);
+    assert_eq!(
+        state.reset_policies(AP, Some("bar"), "v1", vec![]),
+        Changed::No
+    );
     // An empty list removes every object of the kind.
-    assert_eq!(state.reset_policies(AP, "v1", vec![]), Changed::Yes);
+    assert_eq!(state.reset_policies(AP, None, "v1", vec![]), Changed::Yes);
     assert!(state.inputs().0.authorization.is_empty());
 }
 
@@ -277,7 +296,10 @@ fn invalid_peer_authentication_refuses_plaintext() {
     assert_eq!(verdict(&state, "foo/httpbin-1", "/x", ""), Verdict::Allow);
     state.apply_policy(PolicyKind::PeerAuthentication, "v1", pa("SOMETIMES"));
     assert_eq!(verdict(&state, "foo/httpbin-1", "/x", ""), Verdict::Deny);
-    assert_eq!(verdict(&state, "foo/httpbin-1", "/x", "sleep"), Verdict::Allow);
+    assert_eq!(
+        verdict(&state, "foo/httpbin-1", "/x", "sleep"),
+        Verdict::Allow
+    );
 }
 
 #[test]
@@ -307,7 +329,10 @@ fn an_invalid_object_does_not_affect_the_others_and_a_fix_restores_it() {
     );
     assert!(state.rejected().is_empty());
     assert_eq!(verdict(&state, "bar/httpbin-1", "/ok", ""), Verdict::Allow);
-    assert_eq!(verdict(&state, "bar/httpbin-1", "/admin", ""), Verdict::Deny);
+    assert_eq!(
+        verdict(&state, "bar/httpbin-1", "/admin", ""),
+        Verdict::Deny
+    );
 }
 
 #[test]
@@ -337,7 +362,10 @@ fn pods_define_workloads_and_only_relevant_changes_count() {
     let (_, workloads) = state.inputs();
     assert_eq!(workloads.len(), 1);
     assert_eq!(workloads[0].service_account, "web");
-    assert_eq!(workloads[0].ips, ["10.0.0.9".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        workloads[0].ips,
+        ["10.0.0.9".parse::<std::net::IpAddr>().unwrap()]
+    );
 
     let mut relabelled = p.clone();
     relabelled["metadata"]["labels"]["version"] = json!("v2");
@@ -348,15 +376,23 @@ fn pods_define_workloads_and_only_relevant_changes_count() {
     state.apply_pod(&host_network);
     let (_, workloads) = state.inputs();
     let agent = workloads.iter().find(|w| w.name == "node-agent").unwrap();
-    assert!(agent.ips.is_empty(), "a host-network pod's IP is its node's");
+    assert!(
+        agent.ips.is_empty(),
+        "a host-network pod's IP is its node's"
+    );
 
     let mut finished = p.clone();
     finished["status"]["phase"] = json!("Succeeded");
     assert_eq!(state.apply_pod(&finished), Changed::Yes);
     assert_eq!(state.inputs().1.len(), 1);
 
-    assert_eq!(state.reset_pods(&[p.clone()]), Changed::Yes);
-    assert_eq!(state.reset_pods(&[p]), Changed::No);
+    assert_eq!(state.reset_pods(None, std::slice::from_ref(&p)), Changed::Yes);
+    assert_eq!(state.reset_pods(None, std::slice::from_ref(&p)), Changed::No);
+    // A namespace's re-list leaves the other namespaces' pods alone.
+    state.apply_pod(&pod("bar", "api-1", "api", "10.0.5.1"));
+    assert_eq!(state.reset_pods(Some("bar"), &[]), Changed::Yes);
+    assert_eq!(state.inputs().1.len(), 1);
+    assert_eq!(state.reset_pods(Some("foo"), &[p]), Changed::No);
     assert_eq!(state.delete_pod("foo", "web-1"), Changed::Yes);
     assert!(state.inputs().1.is_empty());
 }
@@ -399,7 +435,10 @@ fn mesh_settings_from_the_istio_config_map() {
     assert_eq!(mesh_from_istio_config("").unwrap(), MeshConfig::default());
     for (bad, field) in [
         ("trustDomain: [a]", "trustDomain"),
-        ("pathNormalization: {normalization: SOMETIMES}", "pathNormalization"),
+        (
+            "pathNormalization: {normalization: SOMETIMES}",
+            "pathNormalization",
+        ),
         ("- a", "mapping"),
         ("a: [", "YAML"),
     ] {
