@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod serve;
 mod testfile;
+mod webhook;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +57,9 @@ enum Command {
     Check(Box<check::CheckArgs>),
     /// Serve Envoy ext_authz (gRPC) with live-reloaded policies; admin HTTP for health and metrics.
     Serve(Box<serve::ServeArgs>),
+    /// Serve a Kubernetes validating admission webhook (HTTPS): rejects invalid Istio security
+    /// resources at `kubectl apply` with the checks and messages of `validate`.
+    Webhook(Box<webhook::WebhookArgs>),
     /// Run policy test files. Exit 0 all passed, 1 a case failed, 2 a file could not be used.
     Test {
         /// Test files or directories (every *.yaml / *.yml, recursively).
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         } => compile(&files, mesh.as_deref(), output),
         Command::Check(args) => check::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Webhook(args) => webhook::run(&args),
         Command::Test {
             paths,
             quiet,

@@ -24,7 +24,7 @@ pub mod validate;
 
 pub use compile::{compile, Compiled};
 pub use error::{LoadError, Location, Warning};
-pub use load::Inputs;
+pub use load::{validate_object, Inputs, SecurityResource, Validated};
 pub use mesh::{MeshConfig, MeshFile, PathNormalization, Workload};
 
 /// The annotation that makes an AuthorizationPolicy dry-run.

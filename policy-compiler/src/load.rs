@@ -165,62 +165,17 @@ impl Inputs {
         let field = |name: &str| map.get(name).and_then(|v| v.as_str()).unwrap_or_default();
         let api_version = field("apiVersion").to_string();
         let kind = field("kind").to_string();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
-        if group == "security.istio.io" {
-            if version != "v1" && version != "v1beta1" {
-                return Err(vec![LoadError::new(
-                    location.with_field("apiVersion"),
-                    format!("`{api_version}` is not supported; use `security.istio.io/v1` (or `v1beta1`)"),
-                )]);
+        let (group, _) = api_version.split_once('/').unwrap_or(("", &api_version));
+        if group == SECURITY_GROUP {
+            let valid =
+                validate_security_object(origin, location, text, start_line, &api_version, &kind)?;
+            self.warnings.extend(valid.warnings);
+            match valid.resource {
+                SecurityResource::AuthorizationPolicy(r) => self.authorization.push(r),
+                SecurityResource::PeerAuthentication(r) => self.peer.push(r),
+                SecurityResource::RequestAuthentication(r) => self.request.push(r),
             }
-            return match kind.as_str() {
-                "AuthorizationPolicy" => {
-                    let loaded = parse_istio::<AuthorizationPolicySpec>(
-                        origin, location, text, start_line, &kind, "rules",
-                    )?;
-                    let at = resource_location(location, &kind, &loaded);
-                    let mut errors = validate::authorization_policy(&loaded, &at);
-                    let mut warnings = validate::authorization_policy_warnings(&loaded, &at);
-                    with_field_lines(text, start_line, &mut errors, &mut warnings);
-                    if !errors.is_empty() {
-                        return Err(errors);
-                    }
-                    self.warnings.extend(warnings);
-                    self.authorization.push(loaded);
-                    Ok(())
-                }
-                "PeerAuthentication" => {
-                    let loaded = parse_istio::<PeerAuthenticationSpec>(
-                        origin, location, text, start_line, &kind, "",
-                    )?;
-                    let mut errors = validate::peer_authentication(&loaded, &resource_location(location, &kind, &loaded));
-                    with_field_lines(text, start_line, &mut errors, &mut []);
-                    if !errors.is_empty() {
-                        return Err(errors);
-                    }
-                    self.peer.push(loaded);
-                    Ok(())
-                }
-                "RequestAuthentication" => {
-                    let loaded = parse_istio::<RequestAuthenticationSpec>(
-                        origin, location, text, start_line, &kind, "jwtRules",
-                    )?;
-                    let at = resource_location(location, &kind, &loaded);
-                    let mut errors = validate::request_authentication(&loaded, &at);
-                    let mut warnings = validate::request_authentication_warnings(&loaded, &at);
-                    with_field_lines(text, start_line, &mut errors, &mut warnings);
-                    if !errors.is_empty() {
-                        return Err(errors);
-                    }
-                    self.warnings.extend(warnings);
-                    self.request.push(loaded);
-                    Ok(())
-                }
-                other => Err(vec![LoadError::new(
-                    location.with_field("kind"),
-                    format!("`{other}` is not a security.istio.io kind meshauthz knows (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)"),
-                )]),
-            };
+            return Ok(());
         }
         match (group, kind.as_str()) {
             ("", "List") => {
@@ -291,6 +246,173 @@ impl Inputs {
         check("AuthorizationPolicy", &self.authorization, errors);
         check("PeerAuthentication", &self.peer, errors);
         check("RequestAuthentication", &self.request, errors);
+    }
+}
+
+/// The API group of the resources meshauthz reads.
+pub const SECURITY_GROUP: &str = "security.istio.io";
+
+/// One valid Istio security resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecurityResource {
+    AuthorizationPolicy(Loaded<AuthorizationPolicySpec>),
+    PeerAuthentication(Loaded<PeerAuthenticationSpec>),
+    RequestAuthentication(Loaded<RequestAuthenticationSpec>),
+}
+
+impl SecurityResource {
+    /// `Kind namespace/name`, as locations name it.
+    pub fn describe(&self) -> String {
+        match self {
+            SecurityResource::AuthorizationPolicy(r) => format!("AuthorizationPolicy {}", r.key()),
+            SecurityResource::PeerAuthentication(r) => format!("PeerAuthentication {}", r.key()),
+            SecurityResource::RequestAuthentication(r) => {
+                format!("RequestAuthentication {}", r.key())
+            }
+        }
+    }
+}
+
+/// A resource that passed validation, with the warnings Istio would log for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub resource: SecurityResource,
+    pub warnings: Vec<Warning>,
+}
+
+/// Validates one Kubernetes object that stands on its own, such as the `object` of an admission
+/// request (JSON is YAML, so either text works). It runs [`validate_security_object`], the same
+/// function [`Inputs::load_str`] runs for every `security.istio.io` document of a file, so
+/// `meshauthz validate` and the admission webhook accept, reject and word alike.
+///
+/// `source` names the input in locations (the webhook says `admission`). The text is not a file
+/// the user wrote, so locations carry no line or document number: they read
+/// `source: Kind namespace/name: field.path`. An object without `metadata.namespace` is in
+/// `default`, as in a file; a caller that knows the namespace sets it first.
+pub fn validate_object(source: &str, text: &str) -> Result<Validated, Vec<LoadError>> {
+    let location = Location::file(source);
+    let origin = Origin {
+        file: source.to_string(),
+        document: 1,
+        line: 1,
+    };
+    let result = if text.len() > MAX_INPUT_BYTES {
+        Err(vec![LoadError::new(
+            location.clone(),
+            format!(
+                "the object is {} bytes, more than the {MAX_INPUT_BYTES} bytes meshauthz reads",
+                text.len()
+            ),
+        )])
+    } else {
+        match serde_yaml::from_str::<serde_yaml::Value>(text) {
+            Err(e) => Err(vec![yaml_error(&location, 1, None, &e)]),
+            Ok(value) => {
+                let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
+                let (api_version, kind) = (field("apiVersion"), field("kind"));
+                let (group, _) = api_version.split_once('/').unwrap_or(("", api_version));
+                if group == SECURITY_GROUP {
+                    validate_security_object(&origin, &location, text, 1, api_version, kind)
+                } else {
+                    Err(vec![LoadError::new(
+                        location.with_field("apiVersion"),
+                        format!("`{api_version}` `{kind}` is not a {SECURITY_GROUP} resource (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)"),
+                    )])
+                }
+            }
+        }
+    };
+    let standalone = |l: &mut Location| {
+        l.line = None;
+        l.document = None;
+    };
+    match result {
+        Ok(mut valid) => {
+            valid
+                .warnings
+                .iter_mut()
+                .for_each(|w| standalone(&mut w.location));
+            Ok(valid)
+        }
+        Err(mut errors) => {
+            errors.iter_mut().for_each(|e| standalone(&mut e.location));
+            Err(errors)
+        }
+    }
+}
+
+/// THE validator of one `security.istio.io` object, shared by every way resources come in
+/// (files and the CLI through [`Inputs::load_str`], the admission webhook through
+/// [`validate_object`]): the version check, typed parsing (unknown fields rejected), Istio's
+/// admission rules and the warnings for legal but surprising policies. `text` is the object's
+/// document, starting at `start_line` of the file `location` names. Every error is returned,
+/// not only the first.
+pub fn validate_security_object(
+    origin: &Origin,
+    location: &Location,
+    text: &str,
+    start_line: usize,
+    api_version: &str,
+    kind: &str,
+) -> Result<Validated, Vec<LoadError>> {
+    let (_, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    if version != "v1" && version != "v1beta1" {
+        return Err(vec![LoadError::new(
+            location.with_field("apiVersion"),
+            format!("`{api_version}` is not supported; use `{SECURITY_GROUP}/v1` (or `v1beta1`)"),
+        )]);
+    }
+    match kind {
+        "AuthorizationPolicy" => {
+            let loaded = parse_istio::<AuthorizationPolicySpec>(
+                origin, location, text, start_line, kind, "rules",
+            )?;
+            let at = resource_location(location, kind, &loaded);
+            let mut errors = validate::authorization_policy(&loaded, &at);
+            let mut warnings = validate::authorization_policy_warnings(&loaded, &at);
+            with_field_lines(text, start_line, &mut errors, &mut warnings);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            Ok(Validated {
+                resource: SecurityResource::AuthorizationPolicy(loaded),
+                warnings,
+            })
+        }
+        "PeerAuthentication" => {
+            let loaded =
+                parse_istio::<PeerAuthenticationSpec>(origin, location, text, start_line, kind, "")?;
+            let at = resource_location(location, kind, &loaded);
+            let mut errors = validate::peer_authentication(&loaded, &at);
+            with_field_lines(text, start_line, &mut errors, &mut []);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            Ok(Validated {
+                resource: SecurityResource::PeerAuthentication(loaded),
+                warnings: Vec::new(),
+            })
+        }
+        "RequestAuthentication" => {
+            let loaded = parse_istio::<RequestAuthenticationSpec>(
+                origin, location, text, start_line, kind, "jwtRules",
+            )?;
+            let at = resource_location(location, kind, &loaded);
+            let mut errors = validate::request_authentication(&loaded, &at);
+            let mut warnings = validate::request_authentication_warnings(&loaded, &at);
+            with_field_lines(text, start_line, &mut errors, &mut warnings);
+            if !errors.is_empty() {
+                return Err(errors);
+            }
+            Ok(Validated {
+                resource: SecurityResource::RequestAuthentication(loaded),
+                warnings,
+            })
+        }
+        other => Err(vec![LoadError::new(
+            location.with_field("kind"),
+            format!("`{other}` is not a {SECURITY_GROUP} kind meshauthz knows (AuthorizationPolicy, PeerAuthentication, RequestAuthentication)"),
+        )]),
     }
 }
 
@@ -465,7 +587,9 @@ fn split_documents(text: &str) -> Vec<DocumentText<'_>> {
 }
 
 /// A workload from a Deployment-like object (pod template) or a Pod.
-fn workload_from_manifest(kind: &str, object: &serde_json::Value) -> Option<Workload> {
+/// The workload a Pod (or a Deployment, StatefulSet, DaemonSet, ReplicaSet: its pod template)
+/// defines: namespace, name, labels, service account and, for a Pod, its IPs.
+pub fn workload_from_manifest(kind: &str, object: &serde_json::Value) -> Option<Workload> {
     let meta = object.get("metadata")?;
     let name = meta.get("name")?.as_str()?.to_string();
     let namespace = meta
@@ -541,5 +665,61 @@ mod tests {
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].first_content_line, 3);
         assert_eq!(docs[1].first_content_line, 7);
+    }
+
+    const BAD_AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: bad\n  namespace: foo\nspec:\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [\"\", \"ok\"]\n        namespaces: [\"\"]\n";
+
+    /// What a location says apart from where in a file: resource, field and message.
+    fn essence(errors: &[LoadError]) -> Vec<(Option<String>, Option<String>, String)> {
+        errors
+            .iter()
+            .map(|e| {
+                (
+                    e.location.resource.clone(),
+                    e.location.field.clone(),
+                    e.message.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_standalone_object_gets_the_errors_of_a_file_document() {
+        let from_file = Inputs::default().load_str("bad.yaml", BAD_AP);
+        assert!(from_file.len() >= 2, "{from_file:?}");
+        // The same object as JSON, as an admission request carries it.
+        let value: serde_json::Value = serde_yaml::from_str(BAD_AP).unwrap();
+        let json = serde_json::to_string(&value).unwrap();
+        let standalone = validate_object("admission", &json).unwrap_err();
+        assert_eq!(essence(&standalone), essence(&from_file));
+        let shown = standalone[0].to_string();
+        assert!(
+            shown.starts_with("admission: AuthorizationPolicy foo/bad: spec.rules[0].from[0].source.principals[0]: "),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_standalone_object_reports_type_errors_and_other_groups() {
+        let json = r#"{"apiVersion":"security.istio.io/v1beta1","kind":"AuthorizationPolicy","metadata":{"name":"x","namespace":"ns"},"spec":{"rules":[{"from":[{"source":{"notPrinciples":["a"]}}]}]}}"#;
+        let errors = validate_object("admission", json).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].location.resource.as_deref(),
+            Some("AuthorizationPolicy ns/x")
+        );
+        assert!(errors[0].message.contains("notPrinciples"), "{errors:?}");
+        assert_eq!(errors[0].location.line, None);
+
+        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"}}"#;
+        assert!(validate_object("admission", pod).is_err());
+        assert!(validate_object("admission", "{not json").is_err());
+
+        let ok = r#"{"apiVersion":"security.istio.io/v1","kind":"PeerAuthentication","metadata":{"name":"default","namespace":"istio-system"},"spec":{"mtls":{"mode":"STRICT"}}}"#;
+        let valid = validate_object("admission", ok).unwrap();
+        assert_eq!(
+            valid.resource.describe(),
+            "PeerAuthentication istio-system/default"
+        );
     }
 }
