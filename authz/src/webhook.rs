@@ -652,20 +652,34 @@ async fn accept_tls(
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// Resolves when SIGTERM or SIGINT arrives. The handlers are installed when this is called (not
+/// when first polled), so a signal sent right after the `serving` line is not missed.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn received(signal: Option<Signal>) {
+        match signal {
+            Some(mut s) => {
+                let _ = s.recv().await;
             }
-            return;
+            None => std::future::pending().await,
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            _ = received(term) => {}
+            _ = received(int) => {}
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Runs the webhook until SIGTERM/SIGINT. Exit status: 0 after a graceful stop, 1 on a startup
@@ -722,6 +736,7 @@ async fn serve(args: WebhookArgs) -> Result<(), WebhookError> {
             source,
         })?;
 
+    let signalled = shutdown_signal();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel(64);
     tokio::spawn(accept_tls(listener, acceptor, ready_tx, stop_rx.clone()));
@@ -749,7 +764,7 @@ async fn serve(args: WebhookArgs) -> Result<(), WebhookError> {
         let _ = stopped.wait_for(|s| *s).await;
     });
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         tracing::info!("shutdown signal: finishing in-flight reviews");
         let _ = stop_tx.send(true);
     });
