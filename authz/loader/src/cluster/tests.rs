@@ -386,8 +386,14 @@ fn pods_define_workloads_and_only_relevant_changes_count() {
     assert_eq!(state.apply_pod(&finished), Changed::Yes);
     assert_eq!(state.inputs().1.len(), 1);
 
-    assert_eq!(state.reset_pods(None, std::slice::from_ref(&p)), Changed::Yes);
-    assert_eq!(state.reset_pods(None, std::slice::from_ref(&p)), Changed::No);
+    assert_eq!(
+        state.reset_pods(None, std::slice::from_ref(&p)),
+        Changed::Yes
+    );
+    assert_eq!(
+        state.reset_pods(None, std::slice::from_ref(&p)),
+        Changed::No
+    );
     // A namespace's re-list leaves the other namespaces' pods alone.
     state.apply_pod(&pod("bar", "api-1", "api", "10.0.5.1"));
     assert_eq!(state.reset_pods(Some("bar"), &[]), Changed::Yes);
