@@ -7,6 +7,7 @@ use authz_loader as sources;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod check;
+mod crds;
 mod serve;
 mod testfile;
 mod webhook;
@@ -75,6 +76,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         results: Option<PathBuf>,
     },
+    /// Print the CustomResourceDefinitions of the three security.istio.io kinds (for a cluster
+    /// without Istio), generated from the types the loader parses.
+    Crds {
+        /// Write one `<plural>.security.istio.io.yaml` per CRD here instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,6 +97,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Webhook(args) => webhook::run(&args),
+        Command::Crds { output_dir } => crds::run(output_dir.as_deref()),
         Command::Test {
             paths,
             quiet,

@@ -4,6 +4,10 @@
 //! Every Istio type rejects unknown fields: a misspelt `notPrinciples` must be an error, never a
 //! silently ignored matcher. Optional lists stay `Option` where Istio's validation tells "absent"
 //! from "present but empty" (`from: []` is rejected, a missing `from` means any source).
+//!
+//! With the `schemars` feature the spec types also derive `JsonSchema`: `meshauthz crds` turns
+//! that schema into the CRDs' `openAPIV3Schema`, so the API server and this loader agree on the
+//! fields (`crds/`, checked by `authz/tests/manifests.rs`).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +66,7 @@ pub struct Object<S> {
     pub status: Option<serde_json::Value>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WorkloadSelector {
@@ -69,6 +74,7 @@ pub struct WorkloadSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetReference {
@@ -84,6 +90,7 @@ pub struct PolicyTargetReference {
 
 // === AuthorizationPolicy ===
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(
     Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash,
 )]
@@ -107,6 +114,7 @@ impl Action {
     }
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
@@ -126,6 +134,7 @@ pub struct AuthorizationPolicySpec {
     pub rules: Option<Vec<Option<Rule>>>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExtensionProviderRef {
@@ -133,6 +142,7 @@ pub struct ExtensionProviderRef {
     pub name: String,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rule {
@@ -144,6 +154,7 @@ pub struct Rule {
     pub when: Option<Vec<Condition>>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct From {
@@ -151,6 +162,7 @@ pub struct From {
     pub source: Option<Source>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct To {
@@ -158,6 +170,7 @@ pub struct To {
     pub operation: Option<Operation>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
@@ -197,6 +210,7 @@ impl Source {
     }
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Operation {
@@ -224,6 +238,7 @@ impl Operation {
     }
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Condition {
@@ -237,6 +252,7 @@ pub struct Condition {
 
 // === PeerAuthentication ===
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MtlsMode {
@@ -258,6 +274,7 @@ impl MtlsMode {
     }
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Mtls {
@@ -265,6 +282,7 @@ pub struct Mtls {
     pub mode: MtlsMode,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {
@@ -278,6 +296,7 @@ pub struct PeerAuthenticationSpec {
 }
 
 /// A `portLevelMtls` key: kept as written so validation can say what was wrong with it.
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct PortKey(pub String);
 
@@ -298,6 +317,7 @@ impl<'de> Deserialize<'de> for PortKey {
 
 // === RequestAuthentication ===
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RequestAuthenticationSpec {
@@ -311,6 +331,7 @@ pub struct RequestAuthenticationSpec {
     pub jwt_rules: Vec<JwtRule>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtRule {
@@ -341,6 +362,7 @@ pub struct JwtRule {
     pub space_delimited_claims: Vec<String>,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct JwtHeader {
@@ -350,6 +372,7 @@ pub struct JwtHeader {
     pub prefix: String,
 }
 
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClaimToHeader {
