@@ -3,7 +3,8 @@
 //!
 //! State owned: [`ClusterState`], every AuthorizationPolicy, PeerAuthentication and
 //! RequestAuthentication object (already parsed and validated, or rejected with its errors and
-//! its fail-closed stand-in), every Pod as the [`Workload`] it defines, and the mesh settings.
+//! its fail-closed stand-in), every Pod (what its [`Workload`] reads: labels, service account,
+//! IPs, controller), and the mesh settings. Pods of one controller become one workload.
 //!
 //! ```text
 //!  watch events --apply / delete / reset--> ClusterState --inputs()--> policy_compiler::compile
@@ -288,7 +289,55 @@ impl ClusterState {
             all.request.extend(entry.inputs.request.iter().cloned());
             all.warnings.extend(entry.inputs.warnings.iter().cloned());
         }
-        (all, self.pods.values().cloned().collect())
+        (all, self.workloads())
+    }
+
+    /// The pods as workloads, one per controller: pods with the same owner (a Deployment's
+    /// ReplicaSet, a StatefulSet, ...), labels and service account are one workload holding all
+    /// their IPs, named like Istio names workloads (the Deployment's name, not the pod's). This
+    /// keeps decision logs and metrics per workload rather than per pod, and selectors see
+    /// exactly the labels they would on each pod. During a rollout the old and new ReplicaSets
+    /// differ in `pod-template-hash`; they become `<name>-<hash>` each.
+    pub fn workloads(&self) -> Vec<Workload> {
+        let mut groups: BTreeMap<(String, String), Vec<Workload>> = BTreeMap::new();
+        for w in self.pods.values() {
+            let variants = groups
+                .entry((w.namespace.clone(), w.name.clone()))
+                .or_default();
+            match variants
+                .iter_mut()
+                .find(|v| v.labels == w.labels && v.service_account == w.service_account)
+            {
+                Some(v) => v.ips.extend(w.ips.iter().copied()),
+                None => variants.push(w.clone()),
+            }
+        }
+        let mut out = Vec::new();
+        for ((_, base), variants) in groups {
+            let several = variants.len() > 1;
+            for (i, mut w) in variants.into_iter().enumerate() {
+                if several {
+                    let revision = ["pod-template-hash", "controller-revision-hash"]
+                        .iter()
+                        .find_map(|l| w.labels.get(*l))
+                        .cloned()
+                        .unwrap_or_else(|| i.to_string());
+                    w.name = format!("{base}-{revision}");
+                }
+                w.ips.sort();
+                w.ips.dedup();
+                out.push(w);
+            }
+        }
+        // Names made from revisions could still collide with another controller's name.
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, w) in out.iter_mut().enumerate() {
+            if !seen.insert(w.key()) {
+                w.name = format!("{}-{i}", w.name);
+                seen.insert(w.key());
+            }
+        }
+        out
     }
 
     /// Compiles and indexes the current state as snapshot `generation`. An error here is a
@@ -514,6 +563,7 @@ fn pod_workload(object: &Value) -> Option<Workload> {
         return None;
     }
     let mut w = workload_from_manifest("Pod", object)?;
+    w.name = controller_name(object).unwrap_or(w.name);
     // A host-network pod has its node's IP: it must not be taken for the node's other pods.
     if object
         .pointer("/spec/hostNetwork")
@@ -523,6 +573,24 @@ fn pod_workload(object: &Value) -> Option<Workload> {
         w.ips.clear();
     }
     Some(w)
+}
+
+/// The name of the workload a pod belongs to: its controller's (a ReplicaSet's owning Deployment,
+/// found by removing the `pod-template-hash` suffix; a StatefulSet, DaemonSet, Job...).
+fn controller_name(object: &Value) -> Option<String> {
+    let owners = object.pointer("/metadata/ownerReferences")?.as_array()?;
+    let owner = owners
+        .iter()
+        .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))?;
+    let name = owner.get("name")?.as_str()?;
+    let hash = object
+        .pointer("/metadata/labels/pod-template-hash")
+        .and_then(Value::as_str);
+    let deployment = match (owner.get("kind").and_then(Value::as_str), hash) {
+        (Some("ReplicaSet"), Some(hash)) => name.strip_suffix(&format!("-{hash}")),
+        _ => None,
+    };
+    Some(deployment.unwrap_or(name).to_string())
 }
 
 /// The subset of Istio's mesh config (the `mesh` key of the `istio` ConfigMap, YAML) that

@@ -452,3 +452,66 @@ fn mesh_settings_from_the_istio_config_map() {
         assert!(e.contains(field), "{bad}: {e}");
     }
 }
+
+#[test]
+fn pods_of_one_controller_are_one_workload() {
+    let owned = |name: &str, rs: &str, hash: &str, ip: &str| {
+        let mut p = pod("foo", name, "web", ip);
+        p["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+        p["metadata"]["ownerReferences"] = json!([{"kind": "ReplicaSet", "name": rs, "controller": true, "apiVersion": "apps/v1", "uid": "u"}]);
+        p
+    };
+    let mut state = ClusterState::new(MeshConfig::default());
+    state.apply_pod(&owned("web-7f9c-a", "web-7f9c", "7f9c", "10.0.0.1"));
+    state.apply_pod(&owned("web-7f9c-b", "web-7f9c", "7f9c", "10.0.0.2"));
+    state.apply_pod(&pod("foo", "standalone", "web", "10.0.0.9"));
+    let keys = |state: &ClusterState| {
+        state
+            .workloads()
+            .iter()
+            .map(|w| {
+                (
+                    w.key(),
+                    w.ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(&state),
+        [
+            ("foo/standalone".to_string(), vec!["10.0.0.9".to_string()]),
+            (
+                "foo/web".to_string(),
+                vec!["10.0.0.1".to_string(), "10.0.0.2".to_string()]
+            ),
+        ]
+    );
+    // A rollout: the new ReplicaSet's pods differ in pod-template-hash.
+    state.apply_pod(&owned("web-88aa-a", "web-88aa", "88aa", "10.0.0.3"));
+    let names: Vec<String> = keys(&state).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(names, ["foo/standalone", "foo/web-7f9c", "foo/web-88aa"]);
+    // Each is found by its pods' IPs, and selectors see the pods' labels.
+    state.apply_policy(
+        AP,
+        "v1",
+        ap(
+            "foo",
+            "new-only",
+            json!({"selector": {"matchLabels": {"pod-template-hash": "88aa"}}, "action": "DENY",
+                   "rules": [{}]}),
+        ),
+    );
+    let (snapshot, _, _) = state.build(1).unwrap();
+    let by_ip = |ip: &str| {
+        snapshot
+            .workloads_by_ip(ip.parse().unwrap())
+            .iter()
+            .map(|w| w.key())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_ip("10.0.0.2"), ["foo/web-7f9c"]);
+    assert_eq!(by_ip("10.0.0.3"), ["foo/web-88aa"]);
+    assert_eq!(verdict(&state, "foo/web-88aa", "/", ""), Verdict::Deny);
+    assert_eq!(verdict(&state, "foo/web-7f9c", "/", ""), Verdict::Allow);
+}
