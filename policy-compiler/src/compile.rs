@@ -395,15 +395,109 @@ pub fn compile(
     mesh: &MeshConfig,
     extra_workloads: &[Workload],
 ) -> Result<Compiled, Vec<LoadError>> {
+    compile_with(inputs, mesh, extra_workloads, None)
+}
+
+/// The AuthorizationPolicies of earlier compiles, by content, so that compiling a policy set
+/// that changed by one object parses and validates Cedar for that object only (the Kubernetes
+/// source recompiles on every change). Owns: each compiled policy with the vocabulary it uses,
+/// keyed by a fingerprint of the loaded resource and the mesh settings, and which of them
+/// passed strict validation under the current schema. Entries unused by the latest compile
+/// are dropped.
+#[derive(Debug, Default)]
+pub struct CompileCache {
+    policies: std::collections::HashMap<u64, (AuthzPolicy, Vocabulary)>,
+    schema_text: String,
+    validated: std::collections::HashSet<u64>,
+}
+
+/// [`compile`], reusing and refreshing `cache`. Gives the same result as [`compile`].
+pub fn compile_cached(
+    inputs: &Inputs,
+    mesh: &MeshConfig,
+    extra_workloads: &[Workload],
+    cache: &mut CompileCache,
+) -> Result<Compiled, Vec<LoadError>> {
+    compile_with(inputs, mesh, extra_workloads, Some(cache))
+}
+
+/// A hash of everything compiling `ap` reads: the resource as loaded (origin included, it
+/// is in the provenance) and the mesh settings.
+fn fingerprint(ap: &Loaded<AuthorizationPolicySpec>, mesh_hash: u64) -> u64 {
+    use std::hash::Hasher;
+    struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
+    impl std::fmt::Write for HashWriter<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write_u64(mesh_hash);
+    let _ = std::fmt::Write::write_fmt(&mut HashWriter(&mut h), format_args!("{ap:?}"));
+    h.finish()
+}
+
+fn mesh_fingerprint(mesh: &MeshConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{mesh:?}").hash(&mut h);
+    h.finish()
+}
+
+fn merge_vocabulary(into: &mut Vocabulary, from: &Vocabulary) {
+    into.headers.extend(from.headers.iter().cloned());
+    into.claims
+        .extend(from.claims.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.metadata
+        .extend(from.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.templates.extend(from.templates.iter().cloned());
+}
+
+fn compile_with(
+    inputs: &Inputs,
+    mesh: &MeshConfig,
+    extra_workloads: &[Workload],
+    mut cache: Option<&mut CompileCache>,
+) -> Result<Compiled, Vec<LoadError>> {
     let mut vocabulary = Vocabulary::default();
     let mut errors = Vec::new();
     let mut warnings = inputs.warnings.clone();
     let mut authorization = Vec::new();
+    let mesh_hash = mesh_fingerprint(mesh);
+    // Fingerprints in input order, for the validation step.
+    let mut prints: Vec<u64> = Vec::new();
+    let mut used = std::collections::HashMap::new();
     for ap in &inputs.authorization {
-        match compile_authorization(ap, mesh, &mut vocabulary) {
-            Ok(p) => authorization.push(p),
-            Err(e) => errors.extend(e),
-        }
+        let Some(cache) = cache.as_deref_mut() else {
+            match compile_authorization(ap, mesh, &mut vocabulary) {
+                Ok(p) => authorization.push(p),
+                Err(e) => errors.extend(e),
+            }
+            continue;
+        };
+        let print = fingerprint(ap, mesh_hash);
+        let hit = cache.policies.remove(&print);
+        let (policy, own) = match hit {
+            Some(entry) => entry,
+            None => {
+                let mut own = Vocabulary::default();
+                match compile_authorization(ap, mesh, &mut own) {
+                    Ok(p) => (p, own),
+                    Err(e) => {
+                        errors.extend(e);
+                        continue;
+                    }
+                }
+            }
+        };
+        merge_vocabulary(&mut vocabulary, &own);
+        prints.push(print);
+        authorization.push(policy.clone());
+        used.insert(print, (policy, own));
+    }
+    if let Some(cache) = cache.as_deref_mut() {
+        cache.policies = used;
     }
     authorization.sort_by(|a, b| a.key.cmp(&b.key));
     let mut peer: Vec<PeerAuthn> = Vec::new();
@@ -453,7 +547,36 @@ pub fn compile(
         schema,
         warnings,
     };
-    let validation = compiled.validate_cedar();
+    let validation = match cache {
+        None => compiled.validate_cedar(),
+        Some(cache) => {
+            // Strict validation depends on the policy and the schema only: with the same
+            // schema, a policy validated before needs no second look.
+            if cache.schema_text != compiled.schema_text {
+                cache.schema_text = compiled.schema_text.clone();
+                cache.validated.clear();
+            }
+            let mut by_print: std::collections::HashMap<String, u64> =
+                std::collections::HashMap::new();
+            for (ap, print) in compiled.authorization.iter().zip(&prints) {
+                by_print.insert(ap.key.to_string(), *print);
+            }
+            let fresh: Vec<&AuthzPolicy> = compiled
+                .authorization
+                .iter()
+                .filter(|ap| {
+                    by_print
+                        .get(&ap.key.to_string())
+                        .is_none_or(|p| !cache.validated.contains(p))
+                })
+                .collect();
+            let errors = compiled.validate_policies(fresh.iter().copied());
+            if errors.is_empty() {
+                cache.validated = by_print.into_values().collect();
+            }
+            errors
+        }
+    };
     if !validation.is_empty() {
         return Err(validation);
     }
@@ -464,9 +587,17 @@ impl Compiled {
     /// Validates every emitted policy against the schema (strict mode). Always empty unless the
     /// compiler has a bug; tests assert it.
     pub fn validate_cedar(&self) -> Vec<LoadError> {
+        self.validate_policies(self.authorization.iter())
+    }
+
+    /// Strict validation of some of the policies against the schema.
+    fn validate_policies<'a>(
+        &self,
+        policies: impl Iterator<Item = &'a AuthzPolicy>,
+    ) -> Vec<LoadError> {
         let mut set = cedar_policy::PolicySet::new();
         let mut errors = Vec::new();
-        for p in self.authorization.iter().flat_map(|a| &a.policies) {
+        for p in policies.flat_map(|a| &a.policies) {
             if let Err(e) = set.add(p.policy.clone()) {
                 errors.push(LoadError::new(
                     Location::file("<generated>"),

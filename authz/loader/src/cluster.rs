@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use authz_engine::Snapshot;
+use policy_compiler::compile::CompileCache;
 use policy_compiler::load::workload_from_manifest;
 use policy_compiler::{Inputs, LoadError, MeshConfig, PathNormalization, Workload};
 use serde_json::{json, Map, Value};
@@ -150,6 +151,8 @@ pub struct ClusterState {
     policies: BTreeMap<(PolicyKind, String, String), Entry>,
     pods: BTreeMap<(String, String), Workload>,
     mesh: MeshConfig,
+    /// Compiled policies of the previous build, so a change recompiles one object.
+    cache: std::sync::Arc<std::sync::Mutex<CompileCache>>,
 }
 
 /// Whether an event changed what would be compiled.
@@ -348,7 +351,13 @@ impl ClusterState {
         generation: u64,
     ) -> Result<(Snapshot, crate::watch::Resources, Vec<String>), Vec<LoadError>> {
         let (inputs, workloads) = self.inputs();
-        let compiled = policy_compiler::compile(&inputs, &self.mesh, &workloads)?;
+        let compiled = {
+            let mut cache = self
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            policy_compiler::compile::compile_cached(&inputs, &self.mesh, &workloads, &mut cache)?
+        };
         let resources = crate::watch::Resources::of(&compiled);
         let warnings = compiled.warnings.iter().map(ToString::to_string).collect();
         let snapshot = Snapshot::build(compiled, generation).map_err(|e| {

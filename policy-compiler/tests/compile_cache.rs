@@ -1,0 +1,100 @@
+//! `compile_cached` must give what `compile` gives, whatever the cache held before: the
+//! Kubernetes source compiles through it after every change.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code"
+)]
+
+use policy_compiler::compile::{compile_cached, CompileCache};
+use policy_compiler::{compile, Compiled, Inputs, MeshConfig};
+
+fn golden() -> Vec<(String, Inputs)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let mut inputs = Inputs::default();
+            let errors = inputs.load_str(&name, &std::fs::read_to_string(&path).unwrap());
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+            (name, inputs)
+        })
+        .collect()
+}
+
+/// Everything of a compile that the engine and `meshauthz compile` read.
+fn observable(c: &Compiled) -> (String, String, String, usize, usize) {
+    (
+        c.cedar_text(),
+        c.schema_text.clone(),
+        c.default_allow_text(),
+        c.peer.len(),
+        c.request.len(),
+    )
+}
+
+#[test]
+fn cached_compiles_equal_fresh_ones_in_any_order() {
+    let cases = golden();
+    assert!(cases.len() > 10);
+    let mesh = MeshConfig::default();
+    let mut cache = CompileCache::default();
+    // Forwards, backwards, and each twice: hits, misses, vocabularies growing and shrinking.
+    let order: Vec<usize> = (0..cases.len())
+        .chain((0..cases.len()).rev())
+        .flat_map(|i| [i, i])
+        .collect();
+    for i in order {
+        let (name, inputs) = &cases[i];
+        let fresh = compile(inputs, &mesh, &[]).unwrap();
+        let cached = compile_cached(inputs, &mesh, &[], &mut cache).unwrap();
+        assert_eq!(observable(&cached), observable(&fresh), "{name}");
+    }
+}
+
+#[test]
+fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
+    let all: Vec<(String, Inputs)> = golden();
+    let mut inputs = Inputs::default();
+    for (_, i) in &all {
+        for ap in &i.authorization {
+            // Keep one of each name (files reuse names).
+            if !inputs.authorization.iter().any(|a| a.key() == ap.key()) {
+                inputs.authorization.push(ap.clone());
+            }
+        }
+    }
+    let mut cache = CompileCache::default();
+    let mesh = MeshConfig::default();
+    compile_cached(&inputs, &mesh, &[], &mut cache).unwrap();
+
+    // One rule's path changes.
+    let mut changed = inputs.clone();
+    let ap = changed
+        .authorization
+        .iter_mut()
+        .find(|a| a.spec.rules.as_ref().is_some_and(|r| !r.is_empty()))
+        .unwrap();
+    ap.spec.rules.as_mut().unwrap().truncate(0);
+    let fresh = compile(&changed, &mesh, &[]).unwrap();
+    let cached = compile_cached(&changed, &mesh, &[], &mut cache).unwrap();
+    assert_eq!(observable(&cached), observable(&fresh));
+
+    // The mesh's root namespace changes what every policy's scope means.
+    let other = MeshConfig {
+        root_namespace: "foo".into(),
+        ..MeshConfig::default()
+    };
+    let fresh = compile(&changed, &other, &[]).unwrap();
+    let cached = compile_cached(&changed, &other, &[], &mut cache).unwrap();
+    assert_eq!(observable(&cached), observable(&fresh));
+}
