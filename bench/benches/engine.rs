@@ -37,6 +37,21 @@ fn decide(c: &mut Criterion) {
         for (name, req) in &estate.requests {
             g.bench_function(*name, |b| b.iter(|| authz_engine::decide(&snapshot, req)));
         }
+        // The plaintext requests of the Envoy benchmark (no identity; allowed by the first and
+        // the last namespace-wide host/path rule).
+        let anonymous = meshauthz_bench::anonymous_allowed(&estate);
+        for (name, at) in [
+            ("anon-first", 0),
+            ("anon-last", anonymous.len().saturating_sub(1)),
+        ] {
+            if let Some((_, req)) = anonymous.get(at) {
+                assert_eq!(
+                    authz_engine::decide(&snapshot, req).verdict,
+                    authz_engine::Verdict::Allow
+                );
+                g.bench_function(name, |b| b.iter(|| authz_engine::decide(&snapshot, req)));
+            }
+        }
         g.finish();
         let mut g = c.benchmark_group(format!("naive/{n}"));
         if n >= 10000 {

@@ -8,6 +8,8 @@
 
 use std::fmt::Write;
 
+pub mod rbac;
+
 use authz_engine::{Protocol, RequestAttrs};
 use policy_compiler::{MeshConfig, Workload};
 
@@ -195,6 +197,50 @@ pub fn generate(policies: usize, seed: u64) -> Estate {
         requests: vec![("hit", hit), ("late", late), ("miss", miss), ("deny", deny)],
         policies: count,
     }
+}
+
+/// Requests a plaintext client can send to `ns-0/svc-0` and be allowed: with no peer identity
+/// and no JWT, only the namespace-wide ALLOW policies of `ns-0` that match on host, method and
+/// path can allow. One request per such rule, in the estate's order: `(policy name, request)`.
+pub fn anonymous_allowed(estate: &Estate) -> Vec<(String, RequestAttrs)> {
+    let mut out = Vec::new();
+    for doc in estate.yaml.split("\n---\n") {
+        if !doc.contains("kind: AuthorizationPolicy") || doc.contains("selector:") {
+            continue;
+        }
+        let Some(name) = doc
+            .split("metadata: {name: ")
+            .nth(1)
+            .and_then(|r| r.split(", namespace: ns-0}").next())
+            .filter(|n| !n.contains('}'))
+        else {
+            continue;
+        };
+        let host = doc
+            .split("hosts: [\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        let path = doc
+            .split("paths: [\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        if let (Some(host), Some(path)) = (host, path) {
+            out.push((
+                name.to_string(),
+                RequestAttrs {
+                    workload: "ns-0/svc-0".into(),
+                    protocol: Protocol::Http,
+                    destination_port: 8080,
+                    method: "GET".into(),
+                    path: path.to_string(),
+                    host: host.to_string(),
+                    headers: vec![("user-agent".into(), "bench".into())],
+                    ..RequestAttrs::default()
+                },
+            ));
+        }
+    }
+    out
 }
 
 /// Loads and compiles an estate.
