@@ -27,12 +27,34 @@ fn naive_set(compiled: &policy_compiler::Compiled) -> cedar_policy::PolicySet {
     cedar_policy::PolicySet::from_str(&text).unwrap()
 }
 
+/// Every decision of the request mix (hit, late, miss, deny) timed on its own: criterion
+/// reports batches, the tail needs single decisions. Prints `percentiles N P50 P99` (µs) for
+/// bench/render.py.
+fn percentiles(n: usize, snapshot: &authz_engine::Snapshot, estate: &meshauthz_bench::Estate) {
+    const ROUNDS: usize = 25_000;
+    let mut samples = Vec::with_capacity(ROUNDS * estate.requests.len());
+    for _ in 0..ROUNDS {
+        for (_, req) in &estate.requests {
+            let t = std::time::Instant::now();
+            std::hint::black_box(authz_engine::decide(snapshot, req));
+            samples.push(t.elapsed());
+        }
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 * q) as usize).min(samples.len() - 1);
+        samples[i].as_secs_f64() * 1e6
+    };
+    println!("percentiles {n} {:.2} {:.2}", at(0.50), at(0.99));
+}
+
 fn decide(c: &mut Criterion) {
     for n in [10usize, 1000, 10000] {
         let estate = meshauthz_bench::generate(n, 7);
         let compiled = meshauthz_bench::compile(&estate).unwrap();
         let naive = naive_set(&compiled);
         let snapshot = authz_engine::Snapshot::build(compiled, 1).unwrap();
+        percentiles(n, &snapshot, &estate);
         let mut g = c.benchmark_group(format!("decide/{n}"));
         for (name, req) in &estate.requests {
             g.bench_function(*name, |b| b.iter(|| authz_engine::decide(&snapshot, req)));

@@ -22,6 +22,16 @@ use authz_engine::{RequestAttrs, Snapshot, Verdict};
 const WORKLOAD_NAMESPACE: &str = "ns-0";
 const WORKLOAD_APP: &str = "svc-0";
 
+/// Counts allocations, so the snapshot's live heap can be told apart from resident memory (which
+/// also holds what the load and compile freed but glibc did not return to the system).
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
+
+fn live_heap_bytes() -> i64 {
+    let s = GLOBAL.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -37,6 +47,7 @@ fn rss_kib() -> u64 {
 fn measure(n: usize) -> Result<()> {
     let estate = meshauthz_bench::generate(n, 7);
     let before = rss_kib();
+    let heap_before = live_heap_bytes();
     let t = Instant::now();
     let mut inputs = policy_compiler::Inputs::default();
     if let Some(e) = inputs.load_str("estate.yaml", &estate.yaml).first() {
@@ -52,6 +63,7 @@ fn measure(n: usize) -> Result<()> {
     let snapshot = Snapshot::build(compiled, 1).map_err(|e| anyhow!("snapshot: {e:?}"))?;
     let build = t.elapsed();
     let after = rss_kib();
+    let heap = live_heap_bytes() - heap_before;
     println!(
         "{}",
         serde_json::json!({
@@ -61,6 +73,7 @@ fn measure(n: usize) -> Result<()> {
             "snapshot_build_ms": build.as_secs_f64() * 1e3,
             "classes": snapshot.class_count(),
             "rss_mib": (after.saturating_sub(before)) as f64 / 1024.0,
+            "heap_mib": heap as f64 / (1024.0 * 1024.0),
         })
     );
     Ok(())
