@@ -225,7 +225,7 @@ fn observer(metrics: Arc<Metrics>) -> Observer {
 /// Runs the server until SIGTERM/SIGINT. Exit status: 0 after a graceful stop, 1 on a startup
 /// error (invalid policy, bad TLS files, a port in use).
 pub fn run(args: &ServeArgs) -> i32 {
-    log::init(args.log_format);
+    let _log = log::init(args.log_format);
     let metrics = Arc::new(Metrics::new());
     let observe = observer(metrics.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()

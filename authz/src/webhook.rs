@@ -685,7 +685,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
 /// Runs the webhook until SIGTERM/SIGINT. Exit status: 0 after a graceful stop, 1 on a startup
 /// error (unusable certificate or key, a port in use).
 pub fn run(args: &WebhookArgs) -> i32 {
-    log::init(args.log_format);
+    let _log = log::init(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meshauthz-webhook")

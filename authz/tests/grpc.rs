@@ -706,7 +706,11 @@ async fn expose_decision_headers() {
     assert_eq!(header(&h, "x-meshauthz-reason"), Some("deny_matched"));
     let id = header(&h, "x-meshauthz-decision-id").unwrap().to_string();
     assert_eq!(id.len(), 32);
-    assert!(s.log().contains(&id), "the id leads to the log line");
+    // Log lines are written by a writer thread: wait for it.
+    assert!(
+        wait_until(Duration::from_secs(5), || s.log().contains(&id)),
+        "the id leads to the log line"
+    );
 
     let r = s.check(mk_http(Some("foo/web"), "GET", "/", SLEEP)).await;
     assert_eq!(code(&r), OK);
@@ -888,7 +892,9 @@ async fn jwt_payload_from_envoy_metadata() {
         s.log()
     );
     assert!(
-        s.log().contains("https://auth.meshauthz.test/bob"),
+        wait_until(Duration::from_secs(5), || s
+            .log()
+            .contains("https://auth.meshauthz.test/bob")),
         "request principal logged"
     );
     assert_eq!(

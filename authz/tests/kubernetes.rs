@@ -606,7 +606,12 @@ async fn applied_policy_is_enforced_deleted_is_gone_malformed_is_skipped() {
         message.contains("denying every request in its scope"),
         "{message}"
     );
-    assert!(serve.log().contains("bar/broken"), "logged");
+    assert!(
+        wait_until(Duration::from_secs(5), || serve
+            .log()
+            .contains("bar/broken")),
+        "logged"
+    );
     assert_eq!(serve.check(FOO, "/x").await, OK);
     api.put(AP, policy("v1", "foo", "deny-z", deny_paths(&["/z"])));
     serve.until(FOO, "/z", DENIED).await;

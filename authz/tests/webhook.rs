@@ -457,10 +457,13 @@ fn admission_reviews() {
             }
         }
     }
-    // One log line per decision, with the verdict and the resource.
-    let log = w.log();
-    assert!(log.contains("admission decision"), "{log}");
-    assert!(log.contains("foo/typo"), "{log}");
+    // One log line per decision, with the verdict and the resource (written by the log
+    // writer thread: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(w.log().contains("admission decision") && w.log().contains("foo/typo")) {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The CLI's `validate` and the webhook print the same errors for the same object: the
@@ -593,7 +596,11 @@ fn tls_is_verified_and_certificates_reload() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(w.agent.get(&w.url("/healthz")).call().is_err());
-    assert!(w.log().contains("certificate reloaded"), "{}", w.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !w.log().contains("certificate reloaded") {
+        assert!(Instant::now() < deadline, "{}", w.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // A broken pair is ignored: the current certificate keeps serving.
     std::fs::write(w.dir.path().join("tls.crt"), "not a certificate").unwrap();

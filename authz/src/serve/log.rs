@@ -1,7 +1,10 @@
 //! Logging of `meshauthz serve`: the tracing subscriber (text or JSON, on standard error, so that
 //! standard output carries only the `meshauthz serving ...` line) and the decision log line.
 //!
-//! State owned: the process-wide subscriber, and the decision id generator.
+//! State owned: the process-wide subscriber with its writer thread (log lines are formatted on
+//! the thread that logs and written to standard error by a dedicated thread, in batches, so a
+//! Check never waits on a write system call; when the writer falls 64k lines behind, logging threads wait
+//! rather than drop lines), and the decision id generator.
 //!
 //! One line per Check, target `meshauthz::decision`, level INFO: decision id, workload, source
 //! principal, request principal, method, path (without the query, which may carry a token),
@@ -23,14 +26,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// Flushes the log lines still queued when dropped: keep it until the process ends.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
+}
+
 /// Installs the global subscriber (once; later calls do nothing).
-pub fn init(format: LogFormat) {
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("meshauthz-log")
+        // The writer thread drains every queued line, then flushes: under load, one write
+        // system call carries many lines.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder
             .json()
@@ -38,6 +63,9 @@ pub fn init(format: LogFormat) {
             .with_current_span(false)
             .try_init(),
     };
+    LogGuard {
+        _writer: installed.is_ok().then_some(guard),
+    }
 }
 
 /// Unique, unguessable-enough decision ids: a per-process random prefix and a bijective mix
