@@ -787,3 +787,35 @@ async fn watch_namespace_and_mesh_config_map() {
         .is_null()));
     assert_eq!(serve.check(FOO, "//admin").await, DENIED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_config_map_broken_from_the_start_keeps_it_not_ready() {
+    let api = FakeApi::start(&["v1"]);
+    with_pods(&api);
+    let config_map = |mesh: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"namespace": "istio-system", "name": "istio"},
+               "data": {"mesh": mesh}})
+    };
+    api.put("configmaps", config_map("trustDomain: [not, a, string]\n"));
+    let serve = Serve::start(&api, &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || !serve.snapshot()["kubernetes"]
+            ["mesh_error"]
+            .is_null()),
+        "{}",
+        serve.log()
+    );
+    let (code, body) = serve.get("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("trustDomain"), "{body}");
+    assert_eq!(serve.check(FOO, "/x").await, DENIED);
+
+    api.put("configmaps", config_map("trustDomain: cluster.local\n"));
+    assert!(
+        wait_until(Duration::from_secs(20), || serve.ready()),
+        "{}",
+        serve.log()
+    );
+    assert_eq!(serve.check(FOO, "/x").await, OK);
+}

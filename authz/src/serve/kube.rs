@@ -123,6 +123,11 @@ pub struct KubeView {
     pub rejected: Vec<String>,
     /// The mesh config could not be read (the previous settings stay).
     pub mesh_error: Option<String>,
+    /// Mesh settings are known: from `--mesh`, or a valid (or absent) `istio` ConfigMap has
+    /// been read. A ConfigMap that is broken from the start keeps the server not ready rather
+    /// than enforcing with guessed settings (a wrong trust domain or root namespace changes
+    /// what every policy means).
+    pub mesh_known: bool,
     /// `security.istio.io` could not be found yet.
     pub discovery_error: Option<String>,
 }
@@ -131,6 +136,9 @@ impl KubeView {
     /// `None` once every watch has listed once.
     pub fn not_synced(&self) -> Option<String> {
         if let Some(e) = &self.discovery_error {
+            return Some(e.clone());
+        }
+        if let (false, Some(e)) = (self.mesh_known, &self.mesh_error) {
             return Some(e.clone());
         }
         let waiting: Vec<&str> = self
@@ -221,7 +229,10 @@ impl KubeSource {
         })?;
         let publisher = Publisher::new(initial);
         let status = Arc::new(Mutex::new(WatchStatus::default()));
-        let view: KubeHandle = Arc::new(Mutex::new(KubeView::default()));
+        let view: KubeHandle = Arc::new(Mutex::new(KubeView {
+            mesh_known: fixed_mesh.is_some(),
+            ..KubeView::default()
+        }));
         let (tx, rx) = mpsc::channel::<Msg>();
 
         let index = Index {
@@ -596,14 +607,22 @@ impl Index {
             .unwrap_or_default();
         match mesh_from_istio_config(text) {
             Ok(mesh) => {
-                lock(&self.view).mesh_error = None;
+                let mut view = lock(&self.view);
+                view.mesh_error = None;
+                view.mesh_known = true;
+                drop(view);
                 self.state.set_mesh(mesh)
             }
             Err(e) => {
-                let message =
-                    format!("ConfigMap istio, key `mesh`: {e}; keeping the previous mesh settings");
+                let mut view = lock(&self.view);
+                let consequence = if view.mesh_known {
+                    "keeping the previous mesh settings"
+                } else {
+                    "not ready (denying every request) until it is fixed"
+                };
+                let message = format!("ConfigMap istio, key `mesh`: {e}; {consequence}");
                 tracing::error!("{message}");
-                lock(&self.view).mesh_error = Some(message);
+                view.mesh_error = Some(message);
                 Changed::No
             }
         }
