@@ -117,6 +117,25 @@ pub enum Reason {
     EvaluationError,
 }
 
+impl Reason {
+    /// The reason's name as serialized (`deny_matched`), without serializing (log lines and
+    /// response headers are written per request).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reason::AllowMatched => "allow_matched",
+            Reason::NoAllowPolicy => "no_allow_policy",
+            Reason::DenyMatched => "deny_matched",
+            Reason::NoAllowMatched => "no_allow_matched",
+            Reason::CustomDenied => "custom_denied",
+            Reason::MtlsRequired => "mtls_required",
+            Reason::Jwt { .. } => "jwt",
+            Reason::UnknownWorkload => "unknown_workload",
+            Reason::InvalidRequest { .. } => "invalid_request",
+            Reason::EvaluationError => "evaluation_error",
+        }
+    }
+}
+
 /// Headers a host applies to the request it forwards upstream (RequestAuthentication effects).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderEffects {
@@ -939,4 +958,36 @@ fn full_request(snapshot: &Snapshot, state: &WorkloadState, req: &RequestAttrs) 
         &ContextNeeds::all(&snapshot.compiled.vocabulary),
     )
     .ok()
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::Reason;
+
+    /// `Reason::name` is the serialized tag, for every variant.
+    #[test]
+    fn names_match_the_serialized_tag() {
+        let all = [
+            Reason::AllowMatched,
+            Reason::NoAllowPolicy,
+            Reason::DenyMatched,
+            Reason::NoAllowMatched,
+            Reason::CustomDenied,
+            Reason::MtlsRequired,
+            Reason::Jwt {
+                error: String::new(),
+            },
+            Reason::UnknownWorkload,
+            Reason::InvalidRequest {
+                error: String::new(),
+            },
+            Reason::EvaluationError,
+        ];
+        for r in all {
+            let tag = serde_json::to_value(&r)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(|t| t.as_str()).map(str::to_string));
+            assert_eq!(tag.as_deref(), Some(r.name()), "{r:?}");
+        }
+    }
 }

@@ -109,11 +109,8 @@ fn list(matches: &[PolicyMatch]) -> String {
 }
 
 /// The reason's name, e.g. `deny_matched`.
-pub fn reason_name(d: &Decision) -> String {
-    serde_json::to_value(&d.reason)
-        .ok()
-        .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
-        .unwrap_or_default()
+pub fn reason_name(d: &Decision) -> &'static str {
+    d.reason.name()
 }
 
 /// Logs one decision.
