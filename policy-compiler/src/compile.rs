@@ -125,6 +125,25 @@ impl Scope {
         }
     }
 
+    /// The one namespace whose workloads this scope can apply to; `None` when it spans every
+    /// namespace (the root namespace without targetRefs). `applies_to(w)` implies
+    /// `namespace().is_none_or(|ns| ns == w.namespace)`, which lets a snapshot consider only a
+    /// workload's namespace's resources and the mesh-wide ones.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Scope::Mesh
+            | Scope::Selector {
+                namespace: None, ..
+            } => None,
+            Scope::Namespace(ns)
+            | Scope::Selector {
+                namespace: Some(ns),
+                ..
+            }
+            | Scope::Targets { namespace: ns, .. } => Some(ns),
+        }
+    }
+
     /// Whether a resource with this scope applies to `w`.
     pub fn applies_to(&self, w: &Workload) -> bool {
         match self {
@@ -1673,6 +1692,49 @@ fn compile_request(ra: &Loaded<RequestAuthenticationSpec>, mesh: &MeshConfig) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `applies_to` never reaches beyond `namespace()` (the snapshot's namespace index relies
+    /// on it).
+    #[test]
+    fn scopes_apply_only_within_their_namespace() {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let scopes = [
+            Scope::Mesh,
+            Scope::Namespace("a".into()),
+            Scope::Selector {
+                namespace: None,
+                labels: labels.clone(),
+            },
+            Scope::Selector {
+                namespace: Some("a".into()),
+                labels: labels.clone(),
+            },
+            Scope::Targets {
+                namespace: "a".into(),
+                targets: vec![Target::Gateway("gw".into()), Target::Service("svc".into())],
+            },
+        ];
+        let workload = |ns: &str| Workload {
+            namespace: ns.into(),
+            name: "web".into(),
+            labels: labels.clone(),
+            service_account: "default".into(),
+            ips: Vec::new(),
+            gateway: Some("gw".into()),
+            services: vec!["svc".into()],
+        };
+        for scope in &scopes {
+            for ns in ["a", "b"] {
+                let w = workload(ns);
+                if scope.applies_to(&w) {
+                    assert!(scope.namespace().is_none_or(|s| s == ns), "{scope:?} {ns}");
+                }
+            }
+            // Each scope applies somewhere, so the test is not vacuous.
+            assert!(scope.applies_to(&workload("a")), "{scope:?}");
+        }
+        assert_eq!(scopes.iter().filter(|s| s.namespace().is_none()).count(), 2);
+    }
 
     #[test]
     fn path_index_keys() {
