@@ -9,19 +9,11 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod support;
 
-fn meshauthz(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .expect("run meshauthz")
-}
+use support::{meshauthz, repo};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -12,7 +12,7 @@
 )]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +32,10 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use tonic::transport::Channel;
+
+mod support;
+
+use support::wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -217,45 +221,23 @@ impl Server {
         }
         std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-            .arg("serve")
-            .arg("--policies")
-            .arg(dir.path().join("policies"))
-            .arg("--mesh")
-            .arg(dir.path().join("mesh.yaml"))
-            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start meshauthz serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                let log =
-                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-                panic!("meshauthz serve did not start:\n{log}");
-            }
-        };
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| panic!("no `{name}` in `{line}`"))
-                .to_string()
-        };
+        let (child, line) = support::spawn_announced(
+            Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+                .arg("serve")
+                .arg("--policies")
+                .arg(dir.path().join("policies"))
+                .arg("--mesh")
+                .arg(dir.path().join("mesh.yaml"))
+                .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+                .args(args)
+                .stderr(stderr),
+            Duration::from_secs(30),
+            Some(&dir.path().join("stderr.log")),
+        );
         assert!(line.starts_with("meshauthz serving "), "{line}");
         Server {
-            grpc: field("grpc="),
-            admin: field("admin="),
+            grpc: support::field(&line, "grpc="),
+            admin: support::field(&line, "admin="),
             child,
             dir,
         }
@@ -309,18 +291,6 @@ fn http_get(url: &str) -> (u16, String) {
         Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
         Err(e) => panic!("GET {url}: {e}"),
     }
-}
-
-/// Polls `f` every 50 ms for at most `limit` (blocking: admin-port polls only).
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// Sends `req()` every 50 ms for at most `limit` until the answer has status `want`.

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,10 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde_json::{json, Value};
+
+mod support;
+
+use support::wait_until;
 
 // ---------------------------------------------------------------------------------------------
 // The fake API server
@@ -408,31 +412,20 @@ impl Serve {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = api.kubeconfig(dir.path());
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-            .args(["serve", "--kubernetes"])
-            .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .unwrap_or_else(|| {
-                    let log = std::fs::read_to_string(dir.path().join("stderr.log"));
-                    panic!("no `{name}` in `{line}`: {log:?}")
-                })
-                .to_string()
-        };
+        let (child, line) = support::spawn_announced(
+            Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+                .args(["serve", "--kubernetes"])
+                .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+                .args(args)
+                .env("KUBECONFIG", &kubeconfig)
+                .env("RUST_LOG", "info")
+                .stderr(stderr),
+            Duration::from_secs(30),
+            Some(&dir.path().join("stderr.log")),
+        );
         Serve {
-            grpc: field("grpc="),
-            admin: field("admin="),
+            grpc: support::field(&line, "grpc="),
+            admin: support::field(&line, "admin="),
             child,
             dir,
         }
@@ -525,17 +518,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 const OK: i32 = 0;

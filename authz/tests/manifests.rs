@@ -11,13 +11,16 @@
 )]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_yaml::Value as Yaml;
+
+mod support;
+
+use support::{field, meshauthz, repo};
 
 /// What the ClusterRole grants, as (API group, resource). It must equal what
 /// `meshauthz serve --kubernetes` watches cluster-wide (authz/src/kube*.rs): change both together.
@@ -33,21 +36,6 @@ const MESH_CONFIG_NAMESPACE: &str = "istio-system";
 const MESH_CONFIG_MAP: &str = "istio";
 
 const REGENERATE: &str = "run `cargo run -p authz -- crds --output-dir crds` and commit the result";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn meshauthz(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .current_dir(repo())
-        .env_remove("AUTHZ_GRPC_ADDR")
-        .env_remove("AUTHZ_ADMIN_ADDR")
-        .env_remove("AUTHZ_LOG_FORMAT")
-        .output()
-        .expect("run meshauthz")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -878,36 +866,14 @@ fn status_of(url: &str) -> u16 {
 
 /// Starts `meshauthz ARGS` and waits for its first line on stdout (`... serving ...`).
 fn start(args: &[&str]) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-        .args(args)
-        .current_dir(repo())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start meshauthz");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(line) => (child, line),
-        Err(_) => {
-            let _ = child.kill();
-            panic!("meshauthz {args:?} did not start");
-        }
-    }
-}
-
-/// `name=value` from a `... serving a=b c=d` line.
-fn field(line: &str, name: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(name))
-        .unwrap_or_else(|| panic!("no {name} in `{line}`"))
-        .to_string()
+    support::spawn_announced(
+        Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+            .args(args)
+            .current_dir(repo())
+            .stderr(Stdio::null()),
+        Duration::from_secs(60),
+        None,
+    )
 }
 
 #[test]

@@ -8,13 +8,14 @@
     reason = "test code"
 )]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+mod support;
 
 // ---------------------------------------------------------------------------------------------
 // Certificates and the client
@@ -68,30 +69,18 @@ impl Webhook {
         std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
         std::fs::write(dir.path().join("tls.key"), key).unwrap();
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
-            .arg("webhook")
-            .args(["--addr", "127.0.0.1:0", "--tls-cert"])
-            .arg(dir.path().join("tls.crt"))
-            .arg("--tls-key")
-            .arg(dir.path().join("tls.key"))
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start meshauthz webhook");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = tx.send(line);
-            }
-        });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-            panic!("meshauthz webhook did not start:\n{log}");
-        };
+        let (child, line) = support::spawn_announced(
+            Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+                .arg("webhook")
+                .args(["--addr", "127.0.0.1:0", "--tls-cert"])
+                .arg(dir.path().join("tls.crt"))
+                .arg("--tls-key")
+                .arg(dir.path().join("tls.key"))
+                .args(extra)
+                .stderr(stderr),
+            Duration::from_secs(30),
+            Some(&dir.path().join("stderr.log")),
+        );
         let addr = line
             .strip_prefix("meshauthz webhook serving addr=")
             .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
