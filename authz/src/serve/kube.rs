@@ -257,11 +257,10 @@ impl KubeSource {
                 if tx.send(Msg::Watches(watches.clone())).is_err() {
                     return;
                 }
-                let handles = spawn_watches(&client, &watches, &tx);
-                // Keep the watch tasks alive as long as this task (aborted on drop).
-                for h in handles {
-                    let _ = h.await;
-                }
+                // The set aborts every watch when dropped, i.e. when this task is aborted
+                // (KubeSource's drop).
+                let mut set = spawn_watches(&client, &watches, &tx);
+                while set.join_next().await.is_some() {}
             })
         };
         std::thread::Builder::new()
@@ -379,59 +378,54 @@ fn spawn_watches(
     client: &kube::Client,
     watches: &[Watch],
     tx: &mpsc::Sender<Msg>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    watches
-        .iter()
-        .enumerate()
-        .map(|(id, w)| {
-            let (resource, config) = match &w.resource {
-                Resource::Policy { kind, version } => (
-                    ApiResource::from_gvk_with_plural(
-                        &GroupVersionKind::gvk(ISTIO_GROUP, version, kind.as_str()),
-                        kind.plural(),
-                    ),
-                    watcher::Config::default(),
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for (id, w) in watches.iter().enumerate() {
+        let (resource, config) = match &w.resource {
+            Resource::Policy { kind, version } => (
+                ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk(ISTIO_GROUP, version, kind.as_str()),
+                    kind.plural(),
                 ),
-                Resource::Pods => (
-                    ApiResource::from_gvk_with_plural(
-                        &GroupVersionKind::gvk("", "v1", "Pod"),
-                        "pods",
-                    ),
-                    watcher::Config::default(),
+                watcher::Config::default(),
+            ),
+            Resource::Pods => (
+                ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods"),
+                watcher::Config::default(),
+            ),
+            Resource::MeshConfigMap => (
+                ApiResource::from_gvk_with_plural(
+                    &GroupVersionKind::gvk("", "v1", "ConfigMap"),
+                    "configmaps",
                 ),
-                Resource::MeshConfigMap => (
-                    ApiResource::from_gvk_with_plural(
-                        &GroupVersionKind::gvk("", "v1", "ConfigMap"),
-                        "configmaps",
-                    ),
-                    watcher::Config::default().fields("metadata.name=istio"),
-                ),
-            };
-            let api: Api<DynamicObject> = match &w.namespace {
-                Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-                None => Api::all_with(client.clone(), &resource),
-            };
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut stream = watcher(api, config).default_backoff().boxed();
-                while let Some(item) = stream.next().await {
-                    let report = match item {
-                        Ok(watcher::Event::Apply(o)) => Report::Apply(to_value(o)),
-                        Ok(watcher::Event::Delete(o)) => Report::Delete(to_value(o)),
-                        Ok(watcher::Event::Init) => Report::InitStart,
-                        Ok(watcher::Event::InitApply(o)) => Report::InitItem(to_value(o)),
-                        Ok(watcher::Event::InitDone) => Report::InitDone,
-                        // 410 Gone: the watch expired; the watcher re-lists, nothing failed.
-                        Err(watcher::Error::WatchError(s)) if s.code == 410 => continue,
-                        Err(e) => Report::Error(e.to_string()),
-                    };
-                    if tx.send(Msg::Report(id, report)).is_err() {
-                        return;
-                    }
+                watcher::Config::default().fields("metadata.name=istio"),
+            ),
+        };
+        let api: Api<DynamicObject> = match &w.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+            None => Api::all_with(client.clone(), &resource),
+        };
+        let tx = tx.clone();
+        set.spawn(async move {
+            let mut stream = watcher(api, config).default_backoff().boxed();
+            while let Some(item) = stream.next().await {
+                let report = match item {
+                    Ok(watcher::Event::Apply(o)) => Report::Apply(to_value(o)),
+                    Ok(watcher::Event::Delete(o)) => Report::Delete(to_value(o)),
+                    Ok(watcher::Event::Init) => Report::InitStart,
+                    Ok(watcher::Event::InitApply(o)) => Report::InitItem(to_value(o)),
+                    Ok(watcher::Event::InitDone) => Report::InitDone,
+                    // 410 Gone: the watch expired; the watcher re-lists, nothing failed.
+                    Err(watcher::Error::WatchError(s)) if s.code == 410 => continue,
+                    Err(e) => Report::Error(e.to_string()),
+                };
+                if tx.send(Msg::Report(id, report)).is_err() {
+                    return;
                 }
-            })
-        })
-        .collect()
+            }
+        });
+    }
+    set
 }
 
 /// The object as JSON, without `managedFields` (large, and never read).
