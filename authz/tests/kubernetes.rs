@@ -788,10 +788,23 @@ async fn a_mesh_config_map_broken_from_the_start_keeps_it_not_ready() {
         "{}",
         serve.log()
     );
+    // Every watch has listed; only the mesh settings are missing.
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let watches = serve.snapshot()["kubernetes"]["watches"].clone();
+            watches
+                .as_array()
+                .is_some_and(|w| !w.is_empty() && w.iter().all(|w| w["synced"] == json!(true)))
+        }),
+        "{}",
+        serve.snapshot()
+    );
+    std::thread::sleep(Duration::from_millis(300));
     let (code, body) = serve.get("/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("trustDomain"), "{body}");
     assert_eq!(serve.check(FOO, "/x").await, DENIED);
+    assert_eq!(serve.snapshot()["generation"], json!(0));
 
     api.put("configmaps", config_map("trustDomain: cluster.local\n"));
     assert!(

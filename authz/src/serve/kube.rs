@@ -499,8 +499,10 @@ impl Index {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
             self.publish_view();
-            let synced =
-                !self.watches.is_empty() && self.watches.iter().all(|(_, w)| w.health.synced);
+            // Mesh settings must be known too (see `KubeView::mesh_known`).
+            let synced = !self.watches.is_empty()
+                && self.watches.iter().all(|(_, w)| w.health.synced)
+                && lock(&self.view).mesh_known;
             if synced && (dirty_since.is_some() || self.generation == 0) {
                 let now = Instant::now();
                 let due = dirty_since
