@@ -814,3 +814,23 @@ async fn a_mesh_config_map_broken_from_the_start_keeps_it_not_ready() {
     );
     assert_eq!(serve.check(FOO, "/x").await, OK);
 }
+
+#[test]
+fn without_cluster_credentials_it_refuses_to_start_and_says_why() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+        .args(["serve", "--kubernetes", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--admin-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env("HOME", "/nonexistent")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot configure a Kubernetes client") && stderr.contains("/nonexistent"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "never announced as serving");
+}
