@@ -225,6 +225,12 @@ fn observer(metrics: Arc<Metrics>) -> Observer {
 /// Runs the server until SIGTERM/SIGINT. Exit status: 0 after a graceful stop, 1 on a startup
 /// error (invalid policy, bad TLS files, a port in use).
 pub fn run(args: &ServeArgs) -> i32 {
+    // clap's `requires` does not see a bool flag as missing (it has a default), so say it here,
+    // with clap's exit status for usage errors.
+    if !args.kubernetes && !args.watch_namespaces.is_empty() {
+        eprintln!("error: --watch-namespace needs --kubernetes (it scopes the Kubernetes watches)");
+        return 2;
+    }
     let _log = log::init(args.log_format);
     let metrics = Arc::new(Metrics::new());
     let observe = observer(metrics.clone());

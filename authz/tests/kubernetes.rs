@@ -834,3 +834,27 @@ fn without_cluster_credentials_it_refuses_to_start_and_says_why() {
     );
     assert!(out.stdout.is_empty(), "never announced as serving");
 }
+
+#[test]
+fn policy_sources_are_one_or_the_other() {
+    for (args, says) in [
+        (
+            &["--kubernetes", "--policies", "policies/"][..],
+            "--policies",
+        ),
+        (
+            &["--watch-namespace", "foo", "--policies", "policies/"][..],
+            "--kubernetes",
+        ),
+        (&[][..], "--policies"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshauthz"))
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
