@@ -63,11 +63,7 @@ pub struct ServeArgs {
     pub kubernetes: bool,
     /// With --kubernetes: watch only these namespaces (repeatable; the Istio root namespace's
     /// policies are watched too). Default: every namespace.
-    #[arg(
-        long = "watch-namespace",
-        requires = "kubernetes",
-        value_name = "NAMESPACE"
-    )]
+    #[arg(long = "watch-namespace", value_name = "NAMESPACE")]
     pub watch_namespaces: Vec<String>,
     /// With --kubernetes: the namespace of Istio's `istio` ConfigMap (mesh settings).
     #[arg(long, default_value = "istio-system", value_name = "NAMESPACE")]
