@@ -13,8 +13,8 @@
 //!  index thread: ClusterState (pure) --debounce--> compile + index --> Publisher (ArcSwap)
 //! ```
 //!
-//! Until every watch has completed its first list, the served snapshot is generation 0 and
-//! denies everything (readiness says why). After that, every change is compiled at most
+//! Until every watch has completed its first list and the mesh settings are known, the served
+//! snapshot is generation 0 and denies everything (readiness says why). After that, every change is compiled at most
 //! [`MAX_DELAY`] after it arrived, never on the request path. When the API server is
 //! unreachable the last snapshot keeps serving; how long a watch has been failing is exposed as
 //! staleness (`/snapshot`, `meshauthz_kubernetes_stale_seconds`).
