@@ -414,7 +414,34 @@ pub fn compile(
     mesh: &MeshConfig,
     extra_workloads: &[Workload],
 ) -> Result<Compiled, Vec<LoadError>> {
-    compile_with(inputs, mesh, extra_workloads, None)
+    compile_with(&InputsRef::of(inputs), mesh, extra_workloads, None)
+}
+
+/// What [`compile`] reads, borrowed from wherever the caller keeps its resources (the
+/// Kubernetes index keeps them per object, and must not copy 10,000 of them per change).
+#[derive(Debug, Default)]
+pub struct InputsRef<'a> {
+    pub authorization: Vec<&'a Loaded<AuthorizationPolicySpec>>,
+    pub peer: Vec<&'a Loaded<PeerAuthenticationSpec>>,
+    pub request: Vec<&'a Loaded<RequestAuthenticationSpec>>,
+    pub workloads: Vec<&'a Workload>,
+    pub warnings: Vec<&'a Warning>,
+}
+
+impl<'a> InputsRef<'a> {
+    pub fn of(inputs: &'a Inputs) -> InputsRef<'a> {
+        let mut out = InputsRef::default();
+        out.extend(inputs);
+        out
+    }
+
+    pub fn extend(&mut self, inputs: &'a Inputs) {
+        self.authorization.extend(inputs.authorization.iter());
+        self.peer.extend(inputs.peer.iter());
+        self.request.extend(inputs.request.iter());
+        self.workloads.extend(inputs.workloads.iter());
+        self.warnings.extend(inputs.warnings.iter());
+    }
 }
 
 /// The AuthorizationPolicies of earlier compiles, by content, so that compiling a policy set
@@ -432,7 +459,7 @@ pub struct CompileCache {
 
 /// [`compile`], reusing and refreshing `cache`. Gives the same result as [`compile`].
 pub fn compile_cached(
-    inputs: &Inputs,
+    inputs: &InputsRef<'_>,
     mesh: &MeshConfig,
     extra_workloads: &[Workload],
     cache: &mut CompileCache,
@@ -474,14 +501,14 @@ fn merge_vocabulary(into: &mut Vocabulary, from: &Vocabulary) {
 }
 
 fn compile_with(
-    inputs: &Inputs,
+    inputs: &InputsRef<'_>,
     mesh: &MeshConfig,
     extra_workloads: &[Workload],
     mut cache: Option<&mut CompileCache>,
 ) -> Result<Compiled, Vec<LoadError>> {
     let mut vocabulary = Vocabulary::default();
     let mut errors = Vec::new();
-    let mut warnings = inputs.warnings.clone();
+    let mut warnings: Vec<Warning> = inputs.warnings.iter().map(|w| (*w).clone()).collect();
     let mut authorization = Vec::new();
     let mesh_hash = mesh_fingerprint(mesh);
     // Fingerprints in input order, for the validation step.
@@ -536,7 +563,7 @@ fn compile_with(
     let mut workloads: Vec<Workload> = extra_workloads.to_vec();
     for w in &inputs.workloads {
         if !workloads.iter().any(|x| x.key() == w.key()) {
-            workloads.push(w.clone());
+            workloads.push((*w).clone());
         }
     }
     workloads.sort_by_key(|w| w.key());

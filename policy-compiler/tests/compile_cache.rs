@@ -8,7 +8,7 @@
     reason = "test code"
 )]
 
-use policy_compiler::compile::{compile_cached, CompileCache};
+use policy_compiler::compile::{compile_cached, CompileCache, InputsRef};
 use policy_compiler::{compile, Compiled, Inputs, MeshConfig};
 
 fn golden() -> Vec<(String, Inputs)> {
@@ -56,7 +56,7 @@ fn cached_compiles_equal_fresh_ones_in_any_order() {
     for i in order {
         let (name, inputs) = &cases[i];
         let fresh = compile(inputs, &mesh, &[]).unwrap();
-        let cached = compile_cached(inputs, &mesh, &[], &mut cache).unwrap();
+        let cached = compile_cached(&InputsRef::of(inputs), &mesh, &[], &mut cache).unwrap();
         assert_eq!(observable(&cached), observable(&fresh), "{name}");
     }
 }
@@ -75,7 +75,7 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
     }
     let mut cache = CompileCache::default();
     let mesh = MeshConfig::default();
-    compile_cached(&inputs, &mesh, &[], &mut cache).unwrap();
+    compile_cached(&InputsRef::of(&inputs), &mesh, &[], &mut cache).unwrap();
 
     // One rule's path changes.
     let mut changed = inputs.clone();
@@ -86,7 +86,7 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         .unwrap();
     ap.spec.rules.as_mut().unwrap().truncate(0);
     let fresh = compile(&changed, &mesh, &[]).unwrap();
-    let cached = compile_cached(&changed, &mesh, &[], &mut cache).unwrap();
+    let cached = compile_cached(&InputsRef::of(&changed), &mesh, &[], &mut cache).unwrap();
     assert_eq!(observable(&cached), observable(&fresh));
 
     // The mesh's root namespace changes what every policy's scope means.
@@ -95,6 +95,6 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         ..MeshConfig::default()
     };
     let fresh = compile(&changed, &other, &[]).unwrap();
-    let cached = compile_cached(&changed, &other, &[], &mut cache).unwrap();
+    let cached = compile_cached(&InputsRef::of(&changed), &other, &[], &mut cache).unwrap();
     assert_eq!(observable(&cached), observable(&fresh));
 }

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use authz_engine::Snapshot;
-use policy_compiler::compile::CompileCache;
+use policy_compiler::compile::{CompileCache, InputsRef};
 use policy_compiler::load::workload_from_manifest;
 use policy_compiler::{Inputs, LoadError, MeshConfig, PathNormalization, Workload};
 use serde_json::{json, Map, Value};
@@ -350,7 +350,12 @@ impl ClusterState {
         &self,
         generation: u64,
     ) -> Result<(Snapshot, crate::watch::Resources, Vec<String>), Vec<LoadError>> {
-        let (inputs, workloads) = self.inputs();
+        // Borrowed: the objects stay where they are (no copy of the estate per change).
+        let mut inputs = InputsRef::default();
+        for entry in self.policies.values() {
+            inputs.extend(&entry.inputs);
+        }
+        let workloads = self.workloads();
         let compiled = {
             let mut cache = self
                 .cache
