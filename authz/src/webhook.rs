@@ -376,6 +376,19 @@ fn router() -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(close_after_refusal))
+}
+
+/// A refused oversized body was not read to its end, so the connection cannot carry another
+/// request: say so, or a keep-alive client would send its next request into a closed socket.
+async fn close_after_refusal(mut response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 fn plain(status: StatusCode, text: String) -> Response {
