@@ -452,7 +452,8 @@ fn load_entry(
             rejected: None,
         };
     }
-    let (inputs, fallback, widened) = fallback_for(kind, api_version, &normalized, &source);
+    let (inputs, fallback, widened) =
+        fallback_for(kind, namespace, api_version, &normalized, &source);
     Entry {
         raw: object,
         inputs,
@@ -503,6 +504,7 @@ fn load_one(source: &str, object: &Value, kind: PolicyKind) -> (Inputs, Vec<Load
 /// The stand-in of an invalid object (see the module header).
 fn fallback_for(
     kind: PolicyKind,
+    namespace: &str,
     api_version: &str,
     object: &Value,
     source: &str,
@@ -538,7 +540,7 @@ fn fallback_for(
         "namespace": object.pointer("/metadata/namespace").cloned().unwrap_or(Value::Null),
         "name": object.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
     });
-    let build = |scope: Option<&Map<String, Value>>| {
+    let build_as = |metadata: &Value, scope: Option<&Map<String, Value>>| {
         let mut spec = body.clone();
         if let Some(scope) = scope {
             spec.extend(scope.clone());
@@ -550,6 +552,7 @@ fn fallback_for(
             "spec": spec,
         })
     };
+    let build = |scope: Option<&Map<String, Value>>| build_as(&metadata, scope);
     // The object's own scope, when it is valid on its own.
     let scope: Map<String, Value> = ["selector", "targetRef", "targetRefs"]
         .iter()
@@ -565,8 +568,15 @@ fn fallback_for(
     if errors.is_empty() {
         return (inputs, fallback, !scope.is_empty());
     }
-    // Without a namespace/name nothing can be scoped; such an object cannot exist in a
-    // cluster (the API server requires both), so only a bug gets here.
+    // The object's own name is unusable: stand in under a name of ours, in its namespace, so
+    // that a broken DENY still denies.
+    let renamed = json!({"namespace": namespace, "name": "meshauthz-invalid-object"});
+    let (inputs, errors) = load_one(source, &build_as(&renamed, None), kind);
+    if errors.is_empty() {
+        return (inputs, fallback, !scope.is_empty());
+    }
+    // Without a namespace nothing can be scoped; such an object cannot exist in a cluster
+    // (the API server requires one), so only a bug gets here.
     (Inputs::default(), Fallback::Omitted, false)
 }
 

@@ -237,7 +237,7 @@ fn decision_headers(d: &Decision, id: &str) -> Vec<HeaderValueOption> {
     let set = HeaderAppendAction::OverwriteIfExistsOrAdd;
     let mut out = vec![
         header("x-meshauthz-decision", d.verdict.as_str(), set),
-        header("x-meshauthz-reason", super::log::reason_name(d), set),
+        header("x-meshauthz-reason", d.reason.name(), set),
         header("x-meshauthz-decision-id", id, set),
     ];
     if !policies.is_empty() {

@@ -108,11 +108,6 @@ fn list(matches: &[PolicyMatch]) -> String {
     parts.join(", ")
 }
 
-/// The reason's name, e.g. `deny_matched`.
-pub fn reason_name(d: &Decision) -> &'static str {
-    d.reason.name()
-}
-
 /// Logs one decision.
 pub fn decision(
     id: &str,
@@ -141,7 +136,7 @@ pub fn decision(
         method = attrs.method.as_str(),
         path = path.as_str(),
         verdict = d.verdict.as_str(),
-        reason = reason_name(d),
+        reason = d.reason.name(),
         detail = detail.unwrap_or_default(),
         policies = list(&d.determining),
         dry_run = list(&d.dry_run),

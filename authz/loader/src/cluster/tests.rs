@@ -515,3 +515,26 @@ fn pods_of_one_controller_are_one_workload() {
     assert_eq!(verdict(&state, "foo/web-88aa", "/", ""), Verdict::Deny);
     assert_eq!(verdict(&state, "foo/web-7f9c", "/", ""), Verdict::Allow);
 }
+
+#[test]
+fn an_invalid_deny_with_an_unusable_name_still_denies_its_namespace() {
+    let mut state = cluster();
+    let mut bad = ap(
+        "foo",
+        "x",
+        json!({"action": "DENY", "rules": [{"to": [{"operation": {"pathz": ["/a"]}}]}]}),
+    );
+    bad["metadata"]["name"] = json!(["not", "a", "string"]);
+    state.apply_policy(AP, "v1", bad);
+    let rejected = state.rejected();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].fallback, Fallback::DenyAll);
+    assert_eq!(
+        verdict(&state, "foo/httpbin-1", "/x", "sleep"),
+        Verdict::Deny
+    );
+    assert_eq!(
+        verdict(&state, "bar/httpbin-1", "/x", "sleep"),
+        Verdict::Allow
+    );
+}
