@@ -243,22 +243,66 @@ pub struct CedarPolicy {
     pub role: Role,
     /// Index of the Istio rule.
     pub rule: usize,
+    /// The policy as `meshauthz compile` prints it: annotations, scope and condition.
     pub text: String,
+    /// What the engine evaluates: the same condition without annotations and without the scope,
+    /// which the snapshot applies by putting the policy only in the classes of the workloads it
+    /// selects. Never evaluate it outside such a class.
     pub policy: cedar_policy::Policy,
-    /// Path-index keys (see [`path_index_key`]): the policy can only match a request whose key
-    /// is one of these. `None`: it may match any path (or none is needed: TCP forms).
-    pub path_keys: Option<Vec<String>>,
+    /// Which requests the policy can match at all, for the engine's indexes.
+    pub reach: Reach,
+}
+
+/// What a policy's condition requires of every request it matches, so that the engine can
+/// leave it out of the evaluation of the others. Each field only ever narrows: `None` or
+/// [`Form::Any`] means "may match any".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// HTTP requests only (the `context has http` guard), TCP connections only, or both.
+    pub form: Form,
+    /// The destination port is one of these (every `to` operation lists `ports`).
+    pub ports: Option<Vec<u16>>,
+    /// The normalized path has one of these keys (every `to` operation lists `paths`, each
+    /// fixing at least its first segment). HTTP forms only.
+    pub paths: Option<Vec<PathKey>>,
+}
+
+/// Which protocol a policy's condition can match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Form {
+    Any,
+    Http,
+    Tcp,
+}
+
+/// A key of the path index.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PathKey {
+    /// The path's [`path_index_key`] (its first two segments) is this.
+    Key(String),
+    /// The path's [`path_first_segment`] is this (a prefix such as `/debug/*`).
+    Under(String),
 }
 
 /// The path-index key of a normalized request path: its first two segments (`/api/v1` for
 /// `/api/v1/items`), or the whole path when it is shorter. The engine evaluates only the
 /// policies whose [`CedarPolicy::path_keys`] contain the request's key, plus the unindexed ones.
 pub fn path_index_key(path: &str) -> &str {
+    nth_slash_prefix(path, 3)
+}
+
+/// The first segment of a normalized path (`/api` for `/api/v1/items` and for `/api`).
+pub fn path_first_segment(path: &str) -> &str {
+    nth_slash_prefix(path, 2)
+}
+
+/// `path` up to (without) its `n`th slash, or all of it.
+fn nth_slash_prefix(path: &str, n: usize) -> &str {
     let mut slashes = 0;
     for (i, c) in path.char_indices() {
         if c == '/' {
             slashes += 1;
-            if slashes == 3 {
+            if slashes == n {
                 return &path[..i];
             }
         }
@@ -266,12 +310,13 @@ pub fn path_index_key(path: &str) -> &str {
     path
 }
 
-/// The keys of a rule's HTTP form: `Some` only when every `to` operation requires one of its
-/// `paths`, and each such pattern fixes the first two segments (an exact path, or a prefix
-/// `/a/b/...*`). Suffixes, `*`, templates and shorter prefixes leave the rule unindexed.
-fn rule_path_keys(rule: &Rule) -> Option<Vec<String>> {
+/// The path keys of a rule's HTTP form: `Some` only when every `to` operation requires one of
+/// its `paths`, and each such pattern fixes at least the first segment: an exact path or a prefix
+/// `/a/b/...*` fixes the first two ([`PathKey::Key`]), a prefix `/a/...*` the first
+/// ([`PathKey::Under`]). Suffixes, `*`, templates and prefixes like `/a*` leave it unindexed.
+fn rule_path_keys(rule: &Rule) -> Option<Vec<PathKey>> {
     let ops = rule.to.as_ref()?;
-    let mut keys: Vec<String> = Vec::new();
+    let mut keys: Vec<PathKey> = Vec::new();
     for t in ops {
         let op = t.operation.as_ref()?;
         if op.paths.is_empty() {
@@ -282,14 +327,13 @@ fn rule_path_keys(rule: &Rule) -> Option<Vec<String>> {
                 return None;
             }
             let key = match p.strip_suffix('*') {
-                Some(literal) => {
-                    // Both first segments must be complete: `/a/b/` or longer.
-                    if literal.matches('/').count() < 3 {
-                        return None;
-                    }
-                    path_index_key(literal).to_string()
-                }
-                None => path_index_key(p).to_string(),
+                // A prefix fixes the segments it completes: `/a/b/` both, `/a/` the first.
+                Some(literal) => match literal.matches('/').count() {
+                    0 | 1 => return None,
+                    2 => PathKey::Under(path_first_segment(literal).to_string()),
+                    _ => PathKey::Key(path_index_key(literal).to_string()),
+                },
+                None => PathKey::Key(path_index_key(p).to_string()),
             };
             if !keys.contains(&key) {
                 keys.push(key);
@@ -297,6 +341,23 @@ fn rule_path_keys(rule: &Rule) -> Option<Vec<String>> {
         }
     }
     Some(keys)
+}
+
+/// The destination ports a rule can match: `Some` only when every `to` operation lists `ports`
+/// (both forms test them). A value that is no port number can never match and adds nothing.
+fn rule_ports(rule: &Rule) -> Option<Vec<u16>> {
+    let ops = rule.to.as_ref()?;
+    let mut ports: Vec<u16> = Vec::new();
+    for t in ops {
+        let op = t.operation.as_ref()?;
+        if op.ports.is_empty() {
+            return None;
+        }
+        ports.extend(op.ports.iter().filter_map(|p| p.parse::<u16>().ok()));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Some(ports)
 }
 
 /// One field-level condition of a rule, for "why did this not match" explanations.
@@ -840,11 +901,19 @@ fn compile_authorization(
                 condition: &cond,
             };
             let text = render_policy(&shape);
-            let compact = render_body(&shape, " ");
-            let path_keys = if proto == Some("tcp") {
-                None
-            } else {
-                rule_path_keys(rule)
+            let compact = render_body(&shape, " ", false);
+            let reach = Reach {
+                form: match proto {
+                    Some("http") => Form::Http,
+                    Some("tcp") => Form::Tcp,
+                    _ => Form::Any,
+                },
+                ports: rule_ports(rule),
+                paths: if proto == Some("http") {
+                    rule_path_keys(rule)
+                } else {
+                    None
+                },
             };
             match cedar_policy::Policy::parse(Some(cedar_policy::PolicyId::new(&id)), &compact) {
                 Ok(policy) => policies.push(CedarPolicy {
@@ -853,7 +922,7 @@ fn compile_authorization(
                     rule: index,
                     text,
                     policy,
-                    path_keys,
+                    reach,
                 }),
                 Err(e) => errors.push(LoadError::new(
                     Location {
@@ -943,21 +1012,24 @@ fn render_policy(p: &PolicyText<'_>) -> String {
     if let Some(proto) = p.protocol {
         out.push_str(&format!("@protocol(\"{proto}\")\n"));
     }
-    out.push_str(&render_body(p, "\n"));
+    out.push_str(&render_body(p, "\n", true));
     out
 }
 
-/// The policy without annotations, on one line when `sep` is a space: what the engine parses
-/// and holds. Cedar keeps a policy's source text in every copy of it (one per policy class),
-/// and the provenance lives in the snapshot's own tables.
-fn render_body(p: &PolicyText<'_>, sep: &str) -> String {
+/// The policy without annotations, on one line when `sep` is a space. Without its scope
+/// (`with_scope` false) it is what the engine parses and holds: the snapshot evaluates a policy
+/// only for the workloads its scope selects (their policy class, chosen with the same
+/// `Scope::applies_to`), so testing the scope again per request would only cost time. Cedar
+/// keeps a policy's source text in every copy of it (one per policy class), and the provenance
+/// lives in the snapshot's own tables.
+fn render_body(p: &PolicyText<'_>, sep: &str, with_scope: bool) -> String {
     let mut out = String::from(if p.role.is_forbid() {
         "forbid"
     } else {
         "permit"
     });
     out.push_str(" (principal, action, resource)");
-    if *p.scope != Expr::True {
+    if with_scope && *p.scope != Expr::True {
         out.push_str(&format!("{sep}when {{ {} }}", p.scope.render()));
     }
     match p.condition {
@@ -1778,12 +1850,24 @@ mod tests {
             }]),
             ..Rule::default()
         };
+        assert_eq!(path_first_segment("/api/v1/items"), "/api");
+        assert_eq!(path_first_segment("/api"), "/api");
+        assert_eq!(path_first_segment("/"), "/");
+        let key = |k: &str| PathKey::Key(k.to_string());
+        let under = |k: &str| PathKey::Under(k.to_string());
         assert_eq!(
             rule_path_keys(&rule(&["/api/v1/*", "/health"])),
-            Some(vec!["/api/v1".to_string(), "/health".to_string()])
+            Some(vec![key("/api/v1"), key("/health")])
         );
-        assert_eq!(rule_path_keys(&rule(&["/api/v1*"])), None);
-        assert_eq!(rule_path_keys(&rule(&["/api/*"])), None);
+        assert_eq!(
+            rule_path_keys(&rule(&["/api/v1*"])),
+            Some(vec![under("/api")])
+        );
+        assert_eq!(
+            rule_path_keys(&rule(&["/api/*"])),
+            Some(vec![under("/api")])
+        );
+        assert_eq!(rule_path_keys(&rule(&["/api*"])), None);
         assert_eq!(rule_path_keys(&rule(&["*.css"])), None);
         assert_eq!(rule_path_keys(&rule(&["/a/{*}/b"])), None);
         assert_eq!(rule_path_keys(&Rule::default()), None);

@@ -359,10 +359,11 @@ pub fn decide_with(
         Err(e) => return internal_error(generation, &e),
     };
     let authorizer = Authorizer::new();
-    // The class's unindexed policies, and those indexed under the request's path key: two
-    // evaluations combined as one set would be (forbid overrides permit; reasons are the union).
-    let responses: Vec<cedar_policy::Response> = std::iter::once(&class.enforced)
-        .chain(class.indexed_for(http.as_deref()))
+    // Only the enforced policies the request can reach (at most two sets, see `EnforcedIndex`),
+    // combined as one set would be: forbid overrides permit; reasons are the union.
+    let responses: Vec<cedar_policy::Response> = class
+        .enforced
+        .sets_for(req.protocol, req.destination_port, http.as_deref())
         .map(|set| authorizer.is_authorized(&request, set, &snapshot.entities))
         .collect();
     let errors: Vec<String> = responses

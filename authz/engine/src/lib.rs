@@ -11,6 +11,7 @@
 pub mod attrs;
 pub mod cache;
 pub mod decide;
+mod index;
 pub mod jwt;
 pub mod path;
 pub mod snapshot;

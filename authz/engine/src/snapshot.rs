@@ -9,7 +9,8 @@
 //! ```text
 //! workload "foo/httpbin" --> WorkloadState { class, mtls, jwt providers }
 //!                                             |
-//!                 classes[class] = { enforced, observed, observed_deny, custom_deny }
+//!                 classes[class] = { enforced (an EnforcedIndex), observed, observed_deny,
+//!                                    custom_deny }
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,12 +23,14 @@ use cedar_policy::{
     RestrictedExpression,
 };
 use policy_compiler::compile::{
-    AuthzPolicy, JwtProvider, PeerAuthn, PeerLevel, ResourceKey, Role, Scope, DEFAULT_ALLOW_ID,
+    AuthzPolicy, Form, JwtProvider, PeerAuthn, PeerLevel, Reach, ResourceKey, Role, Scope,
+    DEFAULT_ALLOW_ID,
 };
 use policy_compiler::resources::{Action, MtlsMode};
 use policy_compiler::schema::NAMESPACE;
 use policy_compiler::{Compiled, Workload};
 
+use crate::index::EnforcedIndex;
 use crate::jwt::KeySet;
 
 /// What a snapshot could not be built from.
@@ -48,14 +51,8 @@ pub struct PolicyMeta {
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyClass {
     /// Enforced: DENY and unusable-CUSTOM forbids, ALLOW permits, and the Istio default permit
-    /// when no enforced ALLOW policy applies — the ones not indexed by path (see
-    /// `policy_compiler::compile::path_index_key`).
-    pub enforced: PolicySet,
-    /// Path key -> the enforced policies indexed under it, evaluated together with `enforced`.
-    /// A policy indexed under other keys cannot match such a request, so leaving it out changes
-    /// no decision; keeping the buckets apart (not copies of `enforced` plus the bucket) keeps
-    /// one copy of each unindexed policy per class.
-    pub indexed_by_path: HashMap<String, PolicySet>,
+    /// when no enforced ALLOW policy applies, indexed by what each can match.
+    pub enforced: EnforcedIndex,
     /// Only the CUSTOM forbids, which Istio evaluates before authentication.
     pub custom_deny: Option<PolicySet>,
     /// Observed permits: AUDIT, dry-run ALLOW, delegated CUSTOM.
@@ -174,15 +171,6 @@ impl ContextNeeds {
                 .map(|(a, k)| (a.clone(), k.clone()))
                 .collect(),
         }
-    }
-}
-
-impl PolicyClass {
-    /// The indexed policies that can match a request with this normalized path (`None`: TCP),
-    /// to evaluate besides `enforced`.
-    pub fn indexed_for(&self, path: Option<&str>) -> Option<&PolicySet> {
-        path.map(policy_compiler::compile::path_index_key)
-            .and_then(|key| self.indexed_by_path.get(key))
     }
 }
 
@@ -599,8 +587,7 @@ fn build_class(
     default_allow: &Policy,
     vocabulary: &policy_compiler::schema::Vocabulary,
 ) -> Result<PolicyClass, SnapshotError> {
-    let mut enforced = PolicySet::new();
-    let mut indexed: Vec<(&Policy, &[String])> = Vec::new();
+    let mut enforced: Vec<(&Policy, &Reach)> = Vec::new();
     let mut custom_deny = PolicySet::new();
     let mut observed = PolicySet::new();
     let mut observed_deny = PolicySet::new();
@@ -615,12 +602,9 @@ fn build_class(
         let usable_provider = matches!(ap.provider, Some((_, Some(_)))) && !conflicting;
         for p in &ap.policies {
             match p.role {
-                Role::Allow | Role::Deny => match &p.path_keys {
-                    Some(keys) => indexed.push((&p.policy, keys)),
-                    None => add(&mut enforced, &p.policy)?,
-                },
+                Role::Allow | Role::Deny => enforced.push((&p.policy, &p.reach)),
                 Role::CustomDeny if !usable_provider => {
-                    add(&mut enforced, &p.policy)?;
+                    enforced.push((&p.policy, &p.reach));
                     add(&mut custom_deny, &p.policy)?;
                 }
                 Role::CustomDeny => {}
@@ -633,15 +617,15 @@ fn build_class(
     }
     // "If there are no ALLOW policies for the workload, allow the request." An ALLOW policy
     // whose rules were all dropped still counts, so it denies everything.
+    let everything = Reach {
+        form: Form::Any,
+        ports: None,
+        paths: None,
+    };
     if !has_enforced_allow {
-        add(&mut enforced, default_allow)?;
+        enforced.push((default_allow, &everything));
     }
-    let mut indexed_by_path: HashMap<String, PolicySet> = HashMap::new();
-    for (policy, keys) in &indexed {
-        for key in keys.iter() {
-            add(indexed_by_path.entry(key.clone()).or_default(), policy)?;
-        }
-    }
+    let enforced = EnforcedIndex::build(enforced)?;
     let texts = applicable
         .iter()
         .filter_map(|i| all.get(*i))
@@ -651,7 +635,6 @@ fn build_class(
     Ok(PolicyClass {
         needs,
         enforced,
-        indexed_by_path,
         custom_deny: non_empty(custom_deny),
         observed: non_empty(observed),
         observed_deny: non_empty(observed_deny),
