@@ -679,7 +679,12 @@ fn build_request(
     if let (Some(ip), true) = (req.source_ip, needs.source_ip) {
         source.push(("ip".to_string(), ip_value(ip)));
     }
-    let mut pairs = vec![("source".to_string(), record(source)?)];
+    // A record no policy of the class reads is left out (each costs Cedar an evaluation per
+    // request); one that is read is there even when empty, for its `has` tests.
+    let mut pairs = Vec::with_capacity(7);
+    if needs.principal || needs.trust_domain || needs.source_ip {
+        pairs.push(("source".to_string(), record(source)?));
+    }
 
     let remote = if !needs.remote_ip {
         None
@@ -746,7 +751,10 @@ fn build_request(
         }
         // `context has http` itself tells HTTP from TCP, so the record is always there; its
         // fields only when read.
-        let mut http = vec![("headers".to_string(), record(headers)?)];
+        let mut http = Vec::with_capacity(5);
+        if !needs.headers.is_empty() {
+            http.push(("headers".to_string(), record(headers)?));
+        }
         if needs.host {
             http.push(("host".to_string(), s(req.host.to_ascii_lowercase())));
         }
@@ -810,7 +818,9 @@ fn build_request(
             }
         }
     }
-    pairs.push(("metadata".to_string(), record(metadata)?));
+    if !needs.metadata.is_empty() {
+        pairs.push(("metadata".to_string(), record(metadata)?));
+    }
 
     let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
     let principal = EntityUid::from_type_name_and_id(
