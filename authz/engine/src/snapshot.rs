@@ -86,6 +86,63 @@ pub(crate) struct ContextNeeds {
     pub metadata: Vec<(String, (String, String))>,
 }
 
+/// The vocabulary's names keyed by how the compiler writes them in policies (as Cedar string
+/// literals), built once per snapshot for [`ContextNeeds::of`].
+pub(crate) struct VocabularyLiterals<'v> {
+    headers: HashMap<String, &'v str>,
+    templates: HashMap<String, &'v str>,
+    claims: HashMap<String, (&'v str, &'v Vec<String>)>,
+    metadata: HashMap<String, (&'v str, &'v (String, String))>,
+}
+
+impl<'v> VocabularyLiterals<'v> {
+    pub fn new(v: &'v policy_compiler::schema::Vocabulary) -> VocabularyLiterals<'v> {
+        use policy_compiler::expr::string_lit;
+        VocabularyLiterals {
+            headers: v
+                .headers
+                .iter()
+                .map(|h| (string_lit(h), h.as_str()))
+                .collect(),
+            templates: v
+                .templates
+                .iter()
+                .map(|t| (string_lit(t), t.as_str()))
+                .collect(),
+            claims: v
+                .claims
+                .iter()
+                .map(|(a, p)| (string_lit(a), (a.as_str(), p)))
+                .collect(),
+            metadata: v
+                .metadata
+                .iter()
+                .map(|(a, k)| (string_lit(a), (a.as_str(), k)))
+                .collect(),
+        }
+    }
+}
+
+/// Each Cedar string literal (quotes included, as written) that directly follows `marker`.
+fn literals_after<'t>(text: &'t str, marker: &'t str) -> impl Iterator<Item = &'t str> + 't {
+    text.match_indices(marker).filter_map(move |(at, _)| {
+        let rest = &text[at + marker.len()..];
+        let bytes = rest.as_bytes();
+        if bytes.first() != Some(&b'"') {
+            return None;
+        }
+        let mut i = 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => return rest.get(..=i),
+                _ => i += 1,
+            }
+        }
+        None
+    })
+}
+
 impl ContextNeeds {
     /// Everything the vocabulary names (for explanations).
     pub fn all(v: &policy_compiler::schema::Vocabulary) -> ContextNeeds {
@@ -120,56 +177,67 @@ impl ContextNeeds {
     /// conformance tests would catch a form this misses.
     fn of<'a>(
         texts: impl Iterator<Item = &'a str>,
-        v: &policy_compiler::schema::Vocabulary,
+        names: &VocabularyLiterals<'_>,
     ) -> ContextNeeds {
-        use policy_compiler::expr::string_lit;
         let texts: Vec<&str> = texts.collect();
-        // A mention of `needle` as a whole name: `context.http.path` must not count as a read
-        // of `context.http.pathTemplates`, nor the other way round.
-        let any = |needle: &str| {
-            texts.iter().any(|t| {
-                t.match_indices(needle).any(|(at, _)| {
-                    !t[at + needle.len()..]
-                        .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                })
-            })
-        };
+        // Every read starts with `context`: one search per text, then the attribute that
+        // follows, as a whole name (`context.http.path` is not a read of
+        // `context.http.pathTemplates`).
+        let mut needs = ContextNeeds::default();
+        for t in &texts {
+            for (at, _) in t.match_indices("context") {
+                let rest = &t[at + "context".len()..];
+                let is = |name: &str| {
+                    rest.strip_prefix(name).is_some_and(|after| {
+                        !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+                };
+                needs.principal |= is(".source.principal") || is(".source has principal");
+                needs.trust_domain |= is(".source.trustDomain") || is(".source has trustDomain");
+                needs.source_ip |= is(".source.ip") || is(".source has ip");
+                needs.remote_ip |= is(".remoteIp") || is(" has remoteIp");
+                needs.destination_ip |= is(".destination.ip") || is(".destination has ip");
+                needs.sni |= is(".sni") || is(" has sni");
+                needs.host |= is(".http.host");
+                needs.method |= is(".http.method");
+                needs.path |= is(".http.path");
+                needs.jwt |= is(".jwt") || is(" has jwt");
+            }
+        }
+        // The vocabulary entries named by the string literal after each `marker`: one pass over
+        // the texts (vocabularies of large estates have thousands of names, classes a few).
+        fn named<T: Copy + Ord>(
+            texts: &[&str],
+            marker: &str,
+            table: &HashMap<String, T>,
+        ) -> Vec<T> {
+            let mut found: Vec<T> = texts
+                .iter()
+                .flat_map(|t| literals_after(t, marker))
+                .filter_map(|lit| table.get(lit).copied())
+                .collect();
+            found.sort_unstable();
+            found.dedup();
+            found
+        }
         ContextNeeds {
-            principal: any("context.source.principal") || any("context.source has principal"),
-            trust_domain: any("context.source.trustDomain")
-                || any("context.source has trustDomain"),
-            source_ip: any("context.source.ip") || any("context.source has ip"),
-            remote_ip: any("context.remoteIp") || any("context has remoteIp"),
-            destination_ip: any("context.destination.ip") || any("context.destination has ip"),
-            sni: any("context.sni") || any("context has sni"),
-            host: any("context.http.host"),
-            method: any("context.http.method"),
-            path: any("context.http.path"),
-            jwt: any("context.jwt") || any("context has jwt"),
-            headers: v
-                .headers
-                .iter()
-                .filter(|h| any(&format!("headers has {}", string_lit(h))))
-                .cloned()
+            headers: named(&texts, "headers has ", &names.headers)
+                .into_iter()
+                .map(str::to_string)
                 .collect(),
-            templates: v
-                .templates
-                .iter()
-                .filter(|t| any(&format!("pathTemplates.contains({})", string_lit(t))))
-                .cloned()
+            templates: named(&texts, "pathTemplates.contains(", &names.templates)
+                .into_iter()
+                .map(str::to_string)
                 .collect(),
-            claims: v
-                .claims
-                .iter()
-                .filter(|(a, _)| any(&format!("claims has {}", string_lit(a))))
-                .map(|(a, p)| (a.clone(), p.clone()))
+            claims: named(&texts, "claims has ", &names.claims)
+                .into_iter()
+                .map(|(a, p)| (a.to_string(), p.clone()))
                 .collect(),
-            metadata: v
-                .metadata
-                .iter()
-                .filter(|(a, _)| any(&format!("metadata has {}", string_lit(a))))
-                .map(|(a, k)| (a.clone(), k.clone()))
+            metadata: named(&texts, "metadata has ", &names.metadata)
+                .into_iter()
+                .map(|(a, k)| (a.to_string(), k.clone()))
                 .collect(),
+            ..needs
         }
     }
 }
@@ -287,6 +355,7 @@ impl Snapshot {
         let authz_by_namespace =
             ByNamespace::new(compiled.authorization.iter().map(|ap| &ap.scope));
         let request_by_namespace = ByNamespace::new(compiled.request.iter().map(|ra| &ra.scope));
+        let names = VocabularyLiterals::new(&compiled.vocabulary);
         let mut classes: Vec<PolicyClass> = Vec::new();
         let mut class_index: HashMap<(Vec<usize>, bool), usize> = HashMap::new();
         let mut workloads = HashMap::new();
@@ -361,7 +430,7 @@ impl Snapshot {
                         &key.0,
                         conflicting,
                         &default_allow,
-                        &compiled.vocabulary,
+                        &names,
                     )?;
                     classes.push(class);
                     class_index.insert(key, classes.len() - 1);
@@ -585,7 +654,7 @@ fn build_class(
     applicable: &[usize],
     conflicting: bool,
     default_allow: &Policy,
-    vocabulary: &policy_compiler::schema::Vocabulary,
+    names: &VocabularyLiterals<'_>,
 ) -> Result<PolicyClass, SnapshotError> {
     let mut enforced: Vec<(&Policy, &Reach)> = Vec::new();
     let mut custom_deny = PolicySet::new();
@@ -630,7 +699,7 @@ fn build_class(
         .iter()
         .filter_map(|i| all.get(*i))
         .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
-    let needs = ContextNeeds::of(texts, vocabulary);
+    let needs = ContextNeeds::of(texts, names);
     let non_empty = |s: PolicySet| (!s.is_empty()).then_some(s);
     Ok(PolicyClass {
         needs,
