@@ -459,7 +459,9 @@ pub struct RequestAuthn {
 pub struct Compiled {
     pub mesh: MeshConfig,
     pub workloads: Vec<Workload>,
-    pub authorization: Vec<AuthzPolicy>,
+    /// Shared with the compile cache: a recompile after one change copies pointers, not 10,000
+    /// compiled policies.
+    pub authorization: Vec<std::sync::Arc<AuthzPolicy>>,
     pub peer: Vec<PeerAuthn>,
     pub request: Vec<RequestAuthn>,
     pub vocabulary: Vocabulary,
@@ -513,7 +515,7 @@ impl<'a> InputsRef<'a> {
 /// are dropped.
 #[derive(Debug, Default)]
 pub struct CompileCache {
-    policies: std::collections::HashMap<u64, (AuthzPolicy, Vocabulary)>,
+    policies: std::collections::HashMap<u64, (std::sync::Arc<AuthzPolicy>, Vocabulary)>,
     schema_text: String,
     validated: std::collections::HashSet<u64>,
 }
@@ -528,20 +530,22 @@ pub fn compile_cached(
     compile_with(inputs, mesh, extra_workloads, Some(cache))
 }
 
-/// A hash of everything compiling `ap` reads: the resource as loaded (origin included, it
-/// is in the provenance) and the mesh settings.
+/// A hash of everything compiling `ap` reads (see `compile_authorization`): its origin (in the
+/// provenance), namespace, name, annotations (dry-run), spec and rule lines, and the mesh
+/// settings. Not the rest of the metadata: `resourceVersion` or `managedFields` change without
+/// changing the policy.
 fn fingerprint(ap: &Loaded<AuthorizationPolicySpec>, mesh_hash: u64) -> u64 {
-    use std::hash::Hasher;
-    struct HashWriter<'a>(&'a mut std::collections::hash_map::DefaultHasher);
-    impl std::fmt::Write for HashWriter<'_> {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.0.write(s.as_bytes());
-            Ok(())
-        }
-    }
+    use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write_u64(mesh_hash);
-    let _ = std::fmt::Write::write_fmt(&mut HashWriter(&mut h), format_args!("{ap:?}"));
+    mesh_hash.hash(&mut h);
+    ap.origin.file.hash(&mut h);
+    ap.origin.document.hash(&mut h);
+    ap.origin.line.hash(&mut h);
+    ap.namespace.hash(&mut h);
+    ap.name.hash(&mut h);
+    ap.meta.annotations.hash(&mut h);
+    ap.spec.hash(&mut h);
+    ap.item_lines.hash(&mut h);
     h.finish()
 }
 
@@ -578,7 +582,7 @@ fn compile_with(
     for ap in &inputs.authorization {
         let Some(cache) = cache.as_deref_mut() else {
             match compile_authorization(ap, mesh, &mut vocabulary) {
-                Ok(p) => authorization.push(p),
+                Ok(p) => authorization.push(std::sync::Arc::new(p)),
                 Err(e) => errors.extend(e),
             }
             continue;
@@ -590,7 +594,7 @@ fn compile_with(
             None => {
                 let mut own = Vocabulary::default();
                 match compile_authorization(ap, mesh, &mut own) {
-                    Ok(p) => (p, own),
+                    Ok(p) => (std::sync::Arc::new(p), own),
                     Err(e) => {
                         errors.extend(e);
                         continue;
@@ -671,6 +675,7 @@ fn compile_with(
             let fresh: Vec<&AuthzPolicy> = compiled
                 .authorization
                 .iter()
+                .map(|ap| &**ap)
                 .filter(|ap| {
                     by_print
                         .get(&ap.key.to_string())
@@ -694,7 +699,7 @@ impl Compiled {
     /// Validates every emitted policy against the schema (strict mode). Always empty unless the
     /// compiler has a bug; tests assert it.
     pub fn validate_cedar(&self) -> Vec<LoadError> {
-        self.validate_policies(self.authorization.iter())
+        self.validate_policies(self.authorization.iter().map(|ap| &**ap))
     }
 
     /// Strict validation of some of the policies against the schema.

@@ -89,6 +89,22 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
     let cached = compile_cached(&InputsRef::of(&changed), &mesh, &[], &mut cache).unwrap();
     assert_eq!(observable(&cached), observable(&fresh));
 
+    // An annotation (dry-run) changes the policy; a new resourceVersion does not, and still
+    // gives the same result.
+    let dry = changed
+        .authorization
+        .iter_mut()
+        .find(|a| a.spec.rules.as_ref().is_some_and(|r| !r.is_empty()))
+        .unwrap();
+    dry.meta
+        .annotations
+        .insert("istio.io/dry-run".into(), "true".into());
+    dry.meta.resource_version = Some("42".into());
+    let fresh = compile(&changed, &mesh, &[]).unwrap();
+    let cached = compile_cached(&InputsRef::of(&changed), &mesh, &[], &mut cache).unwrap();
+    assert!(fresh.cedar_text().contains("dry-run"));
+    assert_eq!(observable(&cached), observable(&fresh));
+
     // The mesh's root namespace changes what every policy's scope means.
     let other = MeshConfig {
         root_namespace: "foo".into(),

@@ -609,7 +609,7 @@ impl Snapshot {
     }
 
     pub(crate) fn authz(&self, index: usize) -> Option<&AuthzPolicy> {
-        self.compiled.authorization.get(index)
+        self.compiled.authorization.get(index).map(|ap| &**ap)
     }
 }
 
@@ -650,7 +650,7 @@ impl<'a> ByNamespace<'a> {
 }
 
 fn build_class(
-    all: &[AuthzPolicy],
+    all: &[Arc<AuthzPolicy>],
     applicable: &[usize],
     conflicting: bool,
     default_allow: &Policy,
