@@ -376,7 +376,7 @@ pub fn decide_with(
         .flat_map(|r| r.diagnostics().reason().map(|id| id.as_ref()))
         .collect();
     let permitted = forbids.is_empty();
-    let reasons: Vec<&str> = if permitted {
+    let mut reasons: Vec<&str> = if permitted {
         responses
             .iter()
             .filter(|r| r.decision() == CedarDecision::Allow)
@@ -385,6 +385,8 @@ pub fn decide_with(
     } else {
         forbids
     };
+    // Cedar reports reasons as a set; sorted, the same decision always lists them alike.
+    reasons.sort_unstable();
 
     let mut d = if !errors.is_empty() {
         // Cedar skips a policy that errors; for a forbid that would open access. Deny instead.
@@ -409,7 +411,7 @@ pub fn decide_with(
         d
     } else if reasons.is_empty() {
         let mut d = Decision::new(Verdict::Deny, Reason::NoAllowMatched, generation);
-        d.determining = allow_policies(snapshot, class);
+        d.determining = allow_policies(class);
         d
     } else {
         let custom = reasons.iter().any(|r| {
@@ -455,11 +457,10 @@ fn policy_match(snapshot: &Snapshot, id: &str) -> Option<PolicyMatch> {
 }
 
 /// The enforced ALLOW policies of a class: "none of these matched".
-fn allow_policies(snapshot: &Snapshot, class: &PolicyClass) -> Vec<PolicyMatch> {
+fn allow_policies(class: &PolicyClass) -> Vec<PolicyMatch> {
     class
         .applicable
         .iter()
-        .filter_map(|i| snapshot.authz(*i))
         .filter(|ap| ap.is_enforced_allow())
         .map(|ap| PolicyMatch {
             policy: ap.key.to_string(),
@@ -880,10 +881,7 @@ pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> 
     };
     let mut out = Vec::new();
     let mut cache: BTreeMap<String, Option<bool>> = BTreeMap::new();
-    for i in &class.applicable {
-        let Some(ap) = snapshot.authz(*i) else {
-            continue;
-        };
+    for ap in &class.applicable {
         for rule in &ap.rules {
             let conditions = rule
                 .conditions

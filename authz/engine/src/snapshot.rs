@@ -59,8 +59,8 @@ pub(crate) struct PolicyClass {
     pub observed: Option<PolicySet>,
     /// Observed forbids: dry-run DENY.
     pub observed_deny: Option<PolicySet>,
-    /// Indexes into `Snapshot::authorization` of the applicable policies.
-    pub applicable: Vec<usize>,
+    /// The applicable policies, in compile order.
+    pub applicable: Vec<Arc<AuthzPolicy>>,
     /// The context attributes these policies read; the rest is not built per request.
     pub needs: ContextNeeds,
 }
@@ -292,7 +292,10 @@ pub struct Snapshot {
     /// Workload keys by IP and by (namespace, service account), sorted.
     pub(crate) by_ip: Arc<HashMap<IpAddr, Vec<String>>>,
     pub(crate) by_service_account: Arc<HashMap<(String, String), Vec<String>>>,
-    pub(crate) classes: Arc<Vec<PolicyClass>>,
+    pub(crate) classes: Arc<Vec<Arc<PolicyClass>>>,
+    /// Each class by its key, so that the next snapshot can take over the classes whose
+    /// policies did not change (see [`Snapshot::build_reusing`]).
+    pub(crate) class_keys: Arc<HashMap<ClassKey, usize>>,
     pub(crate) meta: Arc<HashMap<String, PolicyMeta>>,
     /// Keys of inline `jwks`, by provider (source key, rule index).
     pub(crate) inline_keys: Arc<HashMap<(ResourceKey, usize), Arc<KeySet>>>,
@@ -310,6 +313,18 @@ fn type_name(name: &str) -> Result<EntityTypeName, SnapshotError> {
 impl Snapshot {
     /// Indexes a compiled policy set. `generation` is chosen by the host (monotonic).
     pub fn build(compiled: Compiled, generation: u64) -> Result<Snapshot, SnapshotError> {
+        Snapshot::build_reusing(compiled, generation, None)
+    }
+
+    /// [`Snapshot::build`], taking over from `previous` every policy class whose applicable
+    /// policies are the very same compiled policies (the compile cache hands out the same
+    /// `Arc` for an unchanged resource under unchanged mesh settings), instead of building its
+    /// policy sets again. The result is the same as without `previous`.
+    pub fn build_reusing(
+        compiled: Compiled,
+        generation: u64,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, SnapshotError> {
         let workload_type = type_name("Workload")?;
         let namespace_type = type_name("Namespace")?;
         let action = EntityUid::from_str(&format!("{NAMESPACE}::Action::\"check\""))
@@ -356,8 +371,8 @@ impl Snapshot {
             ByNamespace::new(compiled.authorization.iter().map(|ap| &ap.scope));
         let request_by_namespace = ByNamespace::new(compiled.request.iter().map(|ra| &ra.scope));
         let names = VocabularyLiterals::new(&compiled.vocabulary);
-        let mut classes: Vec<PolicyClass> = Vec::new();
-        let mut class_index: HashMap<(Vec<usize>, bool), usize> = HashMap::new();
+        let mut classes: Vec<Arc<PolicyClass>> = Vec::new();
+        let mut class_index: HashMap<ClassKey, usize> = HashMap::new();
         let mut workloads = HashMap::new();
         let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
         for w in &compiled.workloads {
@@ -421,17 +436,32 @@ impl Snapshot {
             providers.sort_unstable();
             providers.dedup();
             let conflicting = providers.len() > 1;
-            let key = (applicable, conflicting);
+            let key = ClassKey {
+                policies: applicable
+                    .iter()
+                    .map(|i| Arc::as_ptr(&compiled.authorization[*i]) as usize)
+                    .collect(),
+                conflicting,
+            };
             let class = match class_index.get(&key) {
                 Some(c) => *c,
                 None => {
-                    let class = build_class(
-                        &compiled.authorization,
-                        &key.0,
-                        conflicting,
-                        &default_allow,
-                        &names,
-                    )?;
+                    let reused = previous.and_then(|p| {
+                        p.class_keys
+                            .get(&key)
+                            .and_then(|c| p.classes.get(*c))
+                            .cloned()
+                    });
+                    let class = match reused {
+                        Some(class) => class,
+                        None => {
+                            let members: Vec<Arc<AuthzPolicy>> = applicable
+                                .iter()
+                                .map(|i| compiled.authorization[*i].clone())
+                                .collect();
+                            Arc::new(build_class(members, conflicting, &default_allow, &names)?)
+                        }
+                    };
                     classes.push(class);
                     class_index.insert(key, classes.len() - 1);
                     classes.len() - 1
@@ -509,6 +539,7 @@ impl Snapshot {
             entities: Arc::new(entities),
             workloads: Arc::new(workloads),
             classes: Arc::new(classes),
+            class_keys: Arc::new(class_index),
             meta: Arc::new(meta),
             inline_keys: Arc::new(inline_keys),
             remote_keys: Arc::new(HashMap::new()),
@@ -607,10 +638,6 @@ impl Snapshot {
             .as_ref()
             .and_then(|u| self.remote_keys.get(u).cloned())
     }
-
-    pub(crate) fn authz(&self, index: usize) -> Option<&AuthzPolicy> {
-        self.compiled.authorization.get(index).map(|ap| &**ap)
-    }
 }
 
 /// Resource indices by the namespace their scope is limited to (see [`Scope::namespace`]).
@@ -649,9 +676,17 @@ impl<'a> ByNamespace<'a> {
     }
 }
 
+/// A policy class's identity: its applicable compiled policies (by address: each is an
+/// immutable `Arc` that the class itself keeps alive, so an address cannot be reused for another
+/// policy while a snapshot holding the key exists) and whether CUSTOM providers conflict.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct ClassKey {
+    policies: Vec<usize>,
+    conflicting: bool,
+}
+
 fn build_class(
-    all: &[Arc<AuthzPolicy>],
-    applicable: &[usize],
+    applicable: Vec<Arc<AuthzPolicy>>,
     conflicting: bool,
     default_allow: &Policy,
     names: &VocabularyLiterals<'_>,
@@ -665,8 +700,7 @@ fn build_class(
         set.add(p.clone())
             .map_err(|e| SnapshotError(format!("policy `{}`: {e}", p.id())))
     };
-    for i in applicable {
-        let Some(ap) = all.get(*i) else { continue };
+    for ap in &applicable {
         has_enforced_allow |= ap.is_enforced_allow();
         let usable_provider = matches!(ap.provider, Some((_, Some(_)))) && !conflicting;
         for p in &ap.policies {
@@ -697,7 +731,6 @@ fn build_class(
     let enforced = EnforcedIndex::build(enforced)?;
     let texts = applicable
         .iter()
-        .filter_map(|i| all.get(*i))
         .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
     let needs = ContextNeeds::of(texts, names);
     let non_empty = |s: PolicySet| (!s.is_empty()).then_some(s);
@@ -707,7 +740,7 @@ fn build_class(
         custom_deny: non_empty(custom_deny),
         observed: non_empty(observed),
         observed_deny: non_empty(observed_deny),
-        applicable: applicable.to_vec(),
+        applicable,
     })
 }
 
@@ -727,5 +760,107 @@ fn peer_mtls(all: &[PeerAuthn], w: &Workload) -> PeerMtls {
         workload: pick(PeerLevel::Workload).map(|p| (p.key.clone(), p.mode, p.port_modes.clone())),
         namespace: pick(PeerLevel::Namespace).map(|p| (p.key.clone(), p.mode)),
         mesh: pick(PeerLevel::Mesh).map(|p| (p.key.clone(), p.mode)),
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+    use crate::{decide, Protocol, RequestAttrs};
+    use policy_compiler::compile::{compile_cached, CompileCache, InputsRef};
+    use policy_compiler::{Inputs, MeshConfig};
+
+    fn policies(foo_path: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: foo-a, namespace: foo}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  rules:\n  - to: [{{operation: {{paths: [\"{foo_path}\"]}}}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: bar-deny, namespace: bar}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [\"/admin/*\"], ports: [\"8080\"]}}}}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: mesh-deny, namespace: istio-system}}\nspec:\n  action: DENY\n  rules:\n  - to: [{{operation: {{paths: [\"/debug\"]}}}}]\n"
+        )
+    }
+
+    fn workloads() -> Vec<Workload> {
+        [("foo", "a"), ("foo", "b"), ("bar", "a"), ("bar", "b")]
+            .iter()
+            .map(|(ns, app)| Workload {
+                namespace: ns.to_string(),
+                name: app.to_string(),
+                labels: [("app".to_string(), app.to_string())].into(),
+                service_account: "default".into(),
+                ips: Vec::new(),
+                gateway: None,
+                services: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn compiled(text: &str, cache: &mut CompileCache) -> Compiled {
+        let mut inputs = Inputs::default();
+        assert!(inputs.load_str("p.yaml", text).is_empty());
+        compile_cached(
+            &InputsRef::of(&inputs),
+            &MeshConfig::default(),
+            &workloads(),
+            cache,
+        )
+        .unwrap()
+    }
+
+    /// A snapshot built over the previous one takes over the classes of unchanged policies,
+    /// rebuilds the changed one, and decides exactly as a snapshot built from scratch.
+    #[test]
+    fn unchanged_classes_are_taken_over_and_decide_the_same() {
+        let mut cache = CompileCache::default();
+        let first = Snapshot::build(compiled(&policies("/v1/*"), &mut cache), 1).unwrap();
+        let next = compiled(&policies("/v2/*"), &mut cache);
+        let fresh = Snapshot::build(next.clone(), 2).unwrap();
+        let reused = Snapshot::build_reusing(next, 2, Some(&first)).unwrap();
+
+        let class_of = |s: &Snapshot, w: &str| s.classes[s.workloads[w].class].clone();
+        for w in ["foo/b", "bar/a", "bar/b"] {
+            assert!(
+                Arc::ptr_eq(&class_of(&first, w), &class_of(&reused, w)),
+                "{w} kept its class"
+            );
+        }
+        assert!(!Arc::ptr_eq(
+            &class_of(&first, "foo/a"),
+            &class_of(&reused, "foo/a")
+        ));
+
+        for w in ["foo/a", "foo/b", "bar/a", "bar/b"] {
+            for path in ["/v1/x", "/v2/x", "/admin/x", "/debug", "/"] {
+                for port in [8080, 9090] {
+                    for protocol in [Protocol::Http, Protocol::Tcp] {
+                        let req = RequestAttrs {
+                            workload: w.into(),
+                            protocol,
+                            destination_port: port,
+                            method: "GET".into(),
+                            path: path.into(),
+                            ..RequestAttrs::default()
+                        };
+                        let (a, b) = (decide(&reused, &req), decide(&fresh, &req));
+                        assert_eq!(
+                            (a.verdict, &a.reason, &a.determining),
+                            (b.verdict, &b.reason, &b.determining),
+                            "{w} {protocol:?} {port} {path}"
+                        );
+                    }
+                }
+            }
+        }
+        // The change itself is enforced.
+        let req = |path: &str| RequestAttrs {
+            workload: "foo/a".into(),
+            destination_port: 8080,
+            method: "GET".into(),
+            path: path.into(),
+            ..RequestAttrs::default()
+        };
+        assert_eq!(
+            decide(&reused, &req("/v2/x")).verdict,
+            crate::Verdict::Allow
+        );
+        assert_eq!(decide(&reused, &req("/v1/x")).verdict, crate::Verdict::Deny);
     }
 }

@@ -153,6 +153,9 @@ pub struct ClusterState {
     mesh: MeshConfig,
     /// Compiled policies of the previous build, so a change recompiles one object.
     cache: std::sync::Arc<std::sync::Mutex<CompileCache>>,
+    /// The last snapshot built: the next build takes over its policy classes whose policies
+    /// did not change (all its tables are shared with the published copy).
+    previous: std::sync::Arc<std::sync::Mutex<Option<Snapshot>>>,
 }
 
 /// Whether an event changed what would be compiled.
@@ -365,12 +368,18 @@ impl ClusterState {
         };
         let resources = crate::watch::Resources::of(&compiled);
         let warnings = compiled.warnings.iter().map(ToString::to_string).collect();
-        let snapshot = Snapshot::build(compiled, generation).map_err(|e| {
-            vec![LoadError::new(
-                policy_compiler::Location::file("<kubernetes>"),
-                e.to_string(),
-            )]
-        })?;
+        let mut previous = self
+            .previous
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let snapshot =
+            Snapshot::build_reusing(compiled, generation, previous.as_ref()).map_err(|e| {
+                vec![LoadError::new(
+                    policy_compiler::Location::file("<kubernetes>"),
+                    e.to_string(),
+                )]
+            })?;
+        *previous = Some(snapshot.clone());
         Ok((snapshot, resources, warnings))
     }
 
