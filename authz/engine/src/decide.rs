@@ -354,18 +354,29 @@ pub fn decide_with(
         ..inputs
     };
 
-    let request = match build_request(snapshot, state, &inputs, &class.needs) {
-        Ok(r) => r,
-        Err(e) => return internal_error(generation, &e),
-    };
-    let authorizer = Authorizer::new();
     // Only the enforced policies the request can reach (at most two sets, see `EnforcedIndex`),
     // combined as one set would be: forbid overrides permit; reasons are the union.
-    let responses: Vec<cedar_policy::Response> = class
+    let reached: Vec<&PolicySet> = class
         .enforced
         .sets_for(req.protocol, req.destination_port, http.as_deref())
-        .map(|set| authorizer.is_authorized(&request, set, &snapshot.entities))
         .collect();
+    // The Cedar request (most of a decision's cost) only when some policy is to be evaluated.
+    let request = if reached.is_empty() && !class.observes() {
+        None
+    } else {
+        match build_request(snapshot, state, &inputs, &class.needs) {
+            Ok(r) => Some(r),
+            Err(e) => return internal_error(generation, &e),
+        }
+    };
+    let authorizer = Authorizer::new();
+    let responses: Vec<cedar_policy::Response> = match &request {
+        Some(request) => reached
+            .iter()
+            .map(|set| authorizer.is_authorized(request, set, &snapshot.entities))
+            .collect(),
+        None => Vec::new(),
+    };
     let errors: Vec<String> = responses
         .iter()
         .flat_map(|r| r.diagnostics().errors().map(|e| e.to_string()))
@@ -411,7 +422,7 @@ pub fn decide_with(
         d
     } else if reasons.is_empty() {
         let mut d = Decision::new(Verdict::Deny, Reason::NoAllowMatched, generation);
-        d.determining = allow_policies(class);
+        d.determining = class.allow_policies.clone();
         d
     } else {
         let custom = reasons.iter().any(|r| {
@@ -435,7 +446,9 @@ pub fn decide_with(
         d
     };
 
-    observe(snapshot, class, &request, &mut d);
+    if let Some(request) = &request {
+        observe(snapshot, class, request, &mut d);
+    }
     if d.verdict == Verdict::Allow {
         d.request_auth = request_auth;
         d.upstream = upstream;
@@ -454,22 +467,6 @@ fn internal_error(generation: u64, message: &str) -> Decision {
 fn policy_match(snapshot: &Snapshot, id: &str) -> Option<PolicyMatch> {
     let m = snapshot.policy_meta(id)?;
     Some(PolicyMatch::authz(&m.key, m.action, m.rule, id))
-}
-
-/// The enforced ALLOW policies of a class: "none of these matched".
-fn allow_policies(class: &PolicyClass) -> Vec<PolicyMatch> {
-    class
-        .applicable
-        .iter()
-        .filter(|ap| ap.is_enforced_allow())
-        .map(|ap| PolicyMatch {
-            policy: ap.key.to_string(),
-            kind: "AuthorizationPolicy",
-            action: Some("ALLOW"),
-            rule: None,
-            cedar_id: None,
-        })
-        .collect()
 }
 
 /// Evaluates dry-run, AUDIT and delegated CUSTOM rules; they never change the verdict.

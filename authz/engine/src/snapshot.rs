@@ -61,8 +61,17 @@ pub(crate) struct PolicyClass {
     pub observed_deny: Option<PolicySet>,
     /// The applicable policies, in compile order.
     pub applicable: Vec<Arc<AuthzPolicy>>,
+    /// The enforced ALLOW policies, as a denial for want of a matching ALLOW lists them.
+    pub allow_policies: Vec<crate::PolicyMatch>,
     /// The context attributes these policies read; the rest is not built per request.
     pub needs: ContextNeeds,
+}
+
+impl PolicyClass {
+    /// Whether dry-run, AUDIT or delegated CUSTOM rules are evaluated besides the verdict.
+    pub fn observes(&self) -> bool {
+        self.observed.is_some() || self.observed_deny.is_some()
+    }
 }
 
 /// Which parts of the Cedar context a set of policies reads. Building the context is a large
@@ -734,7 +743,19 @@ fn build_class(
         .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
     let needs = ContextNeeds::of(texts, names);
     let non_empty = |s: PolicySet| (!s.is_empty()).then_some(s);
+    let allow_policies = applicable
+        .iter()
+        .filter(|ap| ap.is_enforced_allow())
+        .map(|ap| crate::PolicyMatch {
+            policy: ap.key.to_string(),
+            kind: "AuthorizationPolicy",
+            action: Some("ALLOW"),
+            rule: None,
+            cedar_id: None,
+        })
+        .collect();
     Ok(PolicyClass {
+        allow_policies,
         needs,
         enforced,
         custom_deny: non_empty(custom_deny),
