@@ -489,6 +489,11 @@ pub struct InputsRef<'a> {
     pub request: Vec<&'a Loaded<RequestAuthenticationSpec>>,
     pub workloads: Vec<&'a Workload>,
     pub warnings: Vec<&'a Warning>,
+    /// [`content_fingerprint`] of each of `authorization`, index for index, from a caller that
+    /// keeps its resources unchanged after loading them (the Kubernetes index), so that a
+    /// recompile does not hash 10,000 unchanged policies again. Used only when it has exactly
+    /// one entry per policy; computed here otherwise.
+    pub authorization_prints: Vec<u64>,
 }
 
 impl<'a> InputsRef<'a> {
@@ -496,6 +501,12 @@ impl<'a> InputsRef<'a> {
         let mut out = InputsRef::default();
         out.extend(inputs);
         out
+    }
+
+    /// [`InputsRef::extend`] with the content fingerprints of `inputs.authorization`.
+    pub fn extend_with_prints(&mut self, inputs: &'a Inputs, prints: &[u64]) {
+        self.authorization_prints.extend_from_slice(prints);
+        self.extend(inputs);
     }
 
     pub fn extend(&mut self, inputs: &'a Inputs) {
@@ -530,14 +541,13 @@ pub fn compile_cached(
     compile_with(inputs, mesh, extra_workloads, Some(cache))
 }
 
-/// A hash of everything compiling `ap` reads (see `compile_authorization`): its origin (in the
-/// provenance), namespace, name, annotations (dry-run), spec and rule lines, and the mesh
-/// settings. Not the rest of the metadata: `resourceVersion` or `managedFields` change without
-/// changing the policy.
-fn fingerprint(ap: &Loaded<AuthorizationPolicySpec>, mesh_hash: u64) -> u64 {
+/// A hash of everything compiling `ap` reads (see `compile_authorization`) but the mesh
+/// settings: its origin (in the provenance), namespace, name, annotations (dry-run), spec and
+/// rule lines. Not the rest of the metadata: `resourceVersion` or `managedFields` change
+/// without changing the policy.
+pub fn content_fingerprint(ap: &Loaded<AuthorizationPolicySpec>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    mesh_hash.hash(&mut h);
     ap.origin.file.hash(&mut h);
     ap.origin.document.hash(&mut h);
     ap.origin.line.hash(&mut h);
@@ -546,6 +556,14 @@ fn fingerprint(ap: &Loaded<AuthorizationPolicySpec>, mesh_hash: u64) -> u64 {
     ap.meta.annotations.hash(&mut h);
     ap.spec.hash(&mut h);
     ap.item_lines.hash(&mut h);
+    h.finish()
+}
+
+/// The compile cache's key: the policy's content under these mesh settings.
+fn fingerprint(content: u64, mesh_hash: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (content, mesh_hash).hash(&mut h);
     h.finish()
 }
 
@@ -579,7 +597,9 @@ fn compile_with(
     // Fingerprints in input order, for the validation step.
     let mut prints: Vec<u64> = Vec::new();
     let mut used = std::collections::HashMap::new();
-    for ap in &inputs.authorization {
+    let known_prints = (inputs.authorization_prints.len() == inputs.authorization.len())
+        .then_some(&inputs.authorization_prints);
+    for (i, ap) in inputs.authorization.iter().enumerate() {
         let Some(cache) = cache.as_deref_mut() else {
             match compile_authorization(ap, mesh, &mut vocabulary) {
                 Ok(p) => authorization.push(std::sync::Arc::new(p)),
@@ -587,7 +607,11 @@ fn compile_with(
             }
             continue;
         };
-        let print = fingerprint(ap, mesh_hash);
+        let content = match known_prints.and_then(|p| p.get(i)) {
+            Some(p) => *p,
+            None => content_fingerprint(ap),
+        };
+        let print = fingerprint(content, mesh_hash);
         let hit = cache.policies.remove(&print);
         let (policy, own) = match hit {
             Some(entry) => entry,

@@ -142,6 +142,9 @@ struct Entry {
     raw: Value,
     /// What the compiler gets: the object itself, or its fallback.
     inputs: Inputs,
+    /// `policy_compiler::compile::content_fingerprint` of each of `inputs.authorization`,
+    /// computed once: an entry never changes, it is replaced.
+    prints: Vec<u64>,
     rejected: Option<Rejected>,
 }
 
@@ -356,7 +359,7 @@ impl ClusterState {
         // Borrowed: the objects stay where they are (no copy of the estate per change).
         let mut inputs = InputsRef::default();
         for entry in self.policies.values() {
-            inputs.extend(&entry.inputs);
+            inputs.extend_with_prints(&entry.inputs, &entry.prints);
         }
         let workloads = self.workloads();
         let compiled = {
@@ -457,6 +460,7 @@ fn load_entry(
     if errors.is_empty() {
         return Entry {
             raw: object,
+            prints: prints_of(&inputs),
             inputs,
             rejected: None,
         };
@@ -465,6 +469,7 @@ fn load_entry(
         fallback_for(kind, namespace, api_version, &normalized, &source);
     Entry {
         raw: object,
+        prints: prints_of(&inputs),
         inputs,
         rejected: Some(Rejected {
             kind,
@@ -475,6 +480,14 @@ fn load_entry(
             widened,
         }),
     }
+}
+
+fn prints_of(inputs: &Inputs) -> Vec<u64> {
+    inputs
+        .authorization
+        .iter()
+        .map(policy_compiler::compile::content_fingerprint)
+        .collect()
 }
 
 /// Loads one object with the CLI's loader. An object that loads as something other than one
