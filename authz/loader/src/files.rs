@@ -184,6 +184,16 @@ pub fn with_fetched_keys(snapshot: Snapshot, warn: &mut dyn FnMut(String)) -> Sn
 
 /// Loads, validates and compiles: the common front half of every command.
 pub fn compile_inputs(paths: &[PathBuf], mesh: Option<&Path>) -> Result<Compiled, Vec<LoadError>> {
+    compile_inputs_with(paths, mesh, None)
+}
+
+/// [`compile_inputs`] through a compile cache (same result): a reload recompiles only the
+/// policies whose resource changed.
+pub fn compile_inputs_with(
+    paths: &[PathBuf],
+    mesh: Option<&Path>,
+    cache: Option<&mut policy_compiler::compile::CompileCache>,
+) -> Result<Compiled, Vec<LoadError>> {
     let (mesh, workloads) = match mesh {
         Some(p) => load_mesh_file(p).map_err(|e| vec![e])?,
         None => (MeshConfig::default(), Vec::new()),
@@ -193,5 +203,13 @@ pub fn compile_inputs(paths: &[PathBuf], mesh: Option<&Path>) -> Result<Compiled
     if !errors.is_empty() {
         return Err(errors);
     }
-    policy_compiler::compile(&inputs, &mesh, &workloads)
+    match cache {
+        None => policy_compiler::compile(&inputs, &mesh, &workloads),
+        Some(cache) => policy_compiler::compile::compile_cached(
+            &policy_compiler::compile::InputsRef::of(&inputs),
+            &mesh,
+            &workloads,
+            cache,
+        ),
+    }
 }

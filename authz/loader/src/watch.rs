@@ -21,7 +21,9 @@
 //! A policy reload re-applies the current keys and a key update keeps the current policy, so
 //! neither writer loses the other's update. A failed load or compile never replaces the last
 //! good snapshot: it is recorded in [`WatchStatus`] (with the file, resource and field of each
-//! error), counted, and reported to the observer.
+//! error), counted, and reported to the observer. The watcher thread also keeps what a reload
+//! takes over (`Reuse`): the compile cache and the last snapshot, whose policy classes of
+//! unchanged policies the next snapshot shares.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -261,7 +263,8 @@ impl PolicyWatcher {
             )]);
         }
         let mut seen = fingerprint(&config);
-        let (snapshot, resources, warnings) = build(&config, 1)?;
+        let mut reuse = Reuse::default();
+        let (snapshot, resources, warnings) = build(&config, 1, &mut reuse)?;
         let publisher = Publisher::new(snapshot);
         let status = Arc::new(Mutex::new(WatchStatus {
             generation: 1,
@@ -294,7 +297,14 @@ impl PolicyWatcher {
                             continue;
                         }
                         seen = now;
-                        reload(&config, &publisher, &status, &observer, &mut generation);
+                        reload(
+                            &config,
+                            &publisher,
+                            &status,
+                            &observer,
+                            &mut generation,
+                            &mut reuse,
+                        );
                     }
                 })
                 .map_err(|e| {
@@ -366,10 +376,13 @@ fn reload(
     status: &Mutex<WatchStatus>,
     observer: &Observer,
     generation: &mut u64,
+    reuse: &mut Reuse,
 ) {
     let next = *generation + 1;
     // A compiler bug must not kill the watcher: a panic is one more failed reload.
-    let built = catch_unwind(AssertUnwindSafe(|| build(config, next))).unwrap_or_else(|_| {
+    // A panic may leave the compile cache with entries missing (slower, never wrong: entries
+    // are keyed by content); the previous snapshot is only replaced after a good build.
+    let built = catch_unwind(AssertUnwindSafe(|| build(config, next, reuse))).unwrap_or_else(|_| {
         Err(vec![LoadError::new(
             Location::file("<compile>"),
             "internal error: the policy compiler panicked (a meshauthz bug); keeping the last good snapshot",
@@ -408,22 +421,37 @@ fn reload(
     }
 }
 
+/// What a reload takes over from the last one: compiled policies of unchanged resources, and
+/// the last snapshot's policy classes.
+#[derive(Default)]
+struct Reuse {
+    cache: policy_compiler::compile::CompileCache,
+    previous: Option<Snapshot>,
+}
+
 /// Loads, compiles and indexes the policy set.
 fn build(
     config: &WatchConfig,
     generation: u64,
+    reuse: &mut Reuse,
 ) -> Result<(Snapshot, Resources, Vec<String>), Vec<LoadError>> {
-    let compiled = crate::files::compile_inputs(&config.paths, config.mesh.as_deref())?;
+    let compiled = crate::files::compile_inputs_with(
+        &config.paths,
+        config.mesh.as_deref(),
+        Some(&mut reuse.cache),
+    )?;
     let resources = Resources::of(&compiled);
     let warnings = compiled.warnings.iter().map(ToString::to_string).collect();
-    let snapshot = Snapshot::build(compiled, generation).map_err(|e| {
-        let file = config
-            .paths
-            .first()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        vec![LoadError::new(Location::file(file), e.to_string())]
-    })?;
+    let snapshot =
+        Snapshot::build_reusing(compiled, generation, reuse.previous.as_ref()).map_err(|e| {
+            let file = config
+                .paths
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            vec![LoadError::new(Location::file(file), e.to_string())]
+        })?;
+    reuse.previous = Some(snapshot.clone());
     Ok((snapshot, resources, warnings))
 }
 
