@@ -15,7 +15,7 @@ use cedar_policy::{
 };
 use policy_compiler::attributes::encode_values;
 use policy_compiler::compile::{ResourceKey, Role, DEFAULT_ALLOW_ID};
-use policy_compiler::resources::{Action, MtlsMode};
+use policy_compiler::resources::MtlsMode;
 use policy_compiler::uri_template::template_matches;
 
 use crate::attrs::{spiffe_trust_domain, Protocol, RequestAttrs, SpiffeError};
@@ -59,16 +59,6 @@ pub struct PolicyMatch {
 }
 
 impl PolicyMatch {
-    fn authz(key: &ResourceKey, action: Action, rule: usize, cedar_id: &str) -> PolicyMatch {
-        PolicyMatch {
-            policy: key.to_string(),
-            kind: "AuthorizationPolicy",
-            action: Some(action.as_str()),
-            rule: Some(rule),
-            cedar_id: Some(cedar_id.to_string()),
-        }
-    }
-
     fn resource(kind: &'static str, key: &ResourceKey, rule: Option<usize>) -> PolicyMatch {
         PolicyMatch {
             policy: key.to_string(),
@@ -465,8 +455,7 @@ fn internal_error(generation: u64, message: &str) -> Decision {
 }
 
 fn policy_match(snapshot: &Snapshot, id: &str) -> Option<PolicyMatch> {
-    let m = snapshot.policy_meta(id)?;
-    Some(PolicyMatch::authz(&m.key, m.action, m.rule, id))
+    snapshot.policy_meta(id).map(|m| m.matched.clone())
 }
 
 /// Evaluates dry-run, AUDIT and delegated CUSTOM rules; they never change the verdict.
@@ -481,7 +470,7 @@ fn observe(snapshot: &Snapshot, class: &PolicyClass, request: &Request, d: &mut 
             let Some(m) = snapshot.policy_meta(id.as_ref()) else {
                 continue;
             };
-            let pm = PolicyMatch::authz(&m.key, m.action, m.rule, id.as_ref());
+            let pm = m.matched.clone();
             match m.role {
                 Role::Audit => d.audit.push(pm),
                 Role::DryRunAllow | Role::DryRunDeny => d.dry_run.push(pm),

@@ -45,6 +45,8 @@ pub struct PolicyMeta {
     pub action: Action,
     pub rule: usize,
     pub role: Role,
+    /// How a decision lists this policy, prepared once (decisions copy it).
+    pub matched: crate::PolicyMatch,
 }
 
 /// The Cedar policy sets of one class of workloads.
@@ -354,6 +356,13 @@ impl Snapshot {
                         action: ap.action,
                         rule: p.rule,
                         role: p.role,
+                        matched: crate::PolicyMatch {
+                            policy: ap.key.to_string(),
+                            kind: "AuthorizationPolicy",
+                            action: Some(ap.action.as_str()),
+                            rule: Some(p.rule),
+                            cedar_id: Some(p.id.clone()),
+                        },
                     },
                 );
             }
