@@ -9,6 +9,6 @@ pub mod jwks;
 pub mod watch;
 
 pub use files::{
-    compile_inputs, fetch_jwks, load_mesh_file, load_policies, parse_mesh_file, policy_files,
-    strip_location, with_fetched_keys,
+    compile_inputs, compile_inputs_with, fetch_jwks, load_mesh_file, load_policies,
+    parse_mesh_file, policy_files, strip_location, with_fetched_keys,
 };
