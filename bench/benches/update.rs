@@ -45,12 +45,23 @@ fn update(c: &mut Criterion) {
     let mut group = c.benchmark_group("update");
     group.sample_size(10);
     let (mut state, objects) = cluster(10_000);
-    let mut changed = objects[objects.len() / 2].clone();
+    // A change of what the policy enforces (not of metadata only, which the compile cache
+    // would see through): a rule is added, then taken away again, on every other apply.
+    let original = objects[objects.len() / 2].clone();
+    let mut changed = original.clone();
+    let extra_rule = json!({"to": [{"operation": {"paths": ["/meshauthz-bench/changed"]}}]});
+    changed["spec"]["rules"]
+        .as_array_mut()
+        .expect("generated policies have rules")
+        .push(extra_rule);
     let mut flip = false;
     let mut next = move || {
         flip = !flip;
-        changed["metadata"]["labels"] = json!({"rev": if flip { "a" } else { "b" }});
-        changed.clone()
+        if flip {
+            changed.clone()
+        } else {
+            original.clone()
+        }
     };
     group.bench_function("10k/apply", |b| {
         b.iter(|| state.apply_policy(PolicyKind::AuthorizationPolicy, "v1", next()))

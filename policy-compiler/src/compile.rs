@@ -523,12 +523,24 @@ impl<'a> InputsRef<'a> {
 /// source recompiles on every change). Owns: each compiled policy with the vocabulary it uses,
 /// keyed by a fingerprint of the loaded resource and the mesh settings, and which of them
 /// passed strict validation under the current schema. Entries unused by the latest compile
-/// are dropped.
+/// (`round`) are dropped.
 #[derive(Debug, Default)]
 pub struct CompileCache {
-    policies: std::collections::HashMap<u64, (std::sync::Arc<AuthzPolicy>, Vocabulary)>,
+    policies: std::collections::HashMap<u64, CacheEntry>,
+    /// Counts compiles; each entry says in which one it was last used.
+    round: u64,
+    /// The distinct vocabularies of the entries: policies of an estate use a few sets of
+    /// headers and claims, and each set is merged once per compile.
+    vocabularies: std::collections::HashMap<Vocabulary, std::sync::Arc<Vocabulary>>,
     schema_text: String,
     validated: std::collections::HashSet<u64>,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    policy: std::sync::Arc<AuthzPolicy>,
+    vocabulary: std::sync::Arc<Vocabulary>,
+    round: u64,
 }
 
 /// [`compile`], reusing and refreshing `cache`. Gives the same result as [`compile`].
@@ -574,13 +586,36 @@ fn mesh_fingerprint(mesh: &MeshConfig) -> u64 {
     h.finish()
 }
 
+/// Adds `from` to `into`, copying only names `into` lacks (most policies of an estate use the
+/// same few headers and claims, or none).
 fn merge_vocabulary(into: &mut Vocabulary, from: &Vocabulary) {
-    into.headers.extend(from.headers.iter().cloned());
-    into.claims
-        .extend(from.claims.iter().map(|(k, v)| (k.clone(), v.clone())));
-    into.metadata
-        .extend(from.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
-    into.templates.extend(from.templates.iter().cloned());
+    if from.headers.is_empty()
+        && from.claims.is_empty()
+        && from.metadata.is_empty()
+        && from.templates.is_empty()
+    {
+        return;
+    }
+    for h in &from.headers {
+        if !into.headers.contains(h) {
+            into.headers.insert(h.clone());
+        }
+    }
+    for (k, v) in &from.claims {
+        if !into.claims.contains_key(k) {
+            into.claims.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in &from.metadata {
+        if !into.metadata.contains_key(k) {
+            into.metadata.insert(k.clone(), v.clone());
+        }
+    }
+    for t in &from.templates {
+        if !into.templates.contains(t) {
+            into.templates.insert(t.clone());
+        }
+    }
 }
 
 fn compile_with(
@@ -594,15 +629,21 @@ fn compile_with(
     let mut warnings: Vec<Warning> = inputs.warnings.iter().map(|w| (*w).clone()).collect();
     let mut authorization = Vec::new();
     let mesh_hash = mesh_fingerprint(mesh);
-    // Fingerprints in input order, for the validation step.
+    // Each policy's fingerprint (0 without a cache), for the validation step.
     let mut prints: Vec<u64> = Vec::new();
-    let mut used = std::collections::HashMap::new();
+    if let Some(cache) = cache.as_deref_mut() {
+        cache.round += 1;
+    }
+    let mut merged: std::collections::HashSet<*const Vocabulary> = std::collections::HashSet::new();
     let known_prints = (inputs.authorization_prints.len() == inputs.authorization.len())
         .then_some(&inputs.authorization_prints);
     for (i, ap) in inputs.authorization.iter().enumerate() {
         let Some(cache) = cache.as_deref_mut() else {
             match compile_authorization(ap, mesh, &mut vocabulary) {
-                Ok(p) => authorization.push(std::sync::Arc::new(p)),
+                Ok(p) => {
+                    authorization.push(std::sync::Arc::new(p));
+                    prints.push(0);
+                }
                 Err(e) => errors.extend(e),
             }
             continue;
@@ -612,13 +653,20 @@ fn compile_with(
             None => content_fingerprint(ap),
         };
         let print = fingerprint(content, mesh_hash);
-        let hit = cache.policies.remove(&print);
-        let (policy, own) = match hit {
-            Some(entry) => entry,
-            None => {
+        let entry = match cache.policies.entry(print) {
+            std::collections::hash_map::Entry::Occupied(hit) => hit.into_mut(),
+            std::collections::hash_map::Entry::Vacant(miss) => {
                 let mut own = Vocabulary::default();
                 match compile_authorization(ap, mesh, &mut own) {
-                    Ok(p) => (std::sync::Arc::new(p), own),
+                    Ok(p) => miss.insert(CacheEntry {
+                        policy: std::sync::Arc::new(p),
+                        vocabulary: cache
+                            .vocabularies
+                            .entry(own)
+                            .or_insert_with_key(|v| std::sync::Arc::new(v.clone()))
+                            .clone(),
+                        round: 0,
+                    }),
                     Err(e) => {
                         errors.extend(e);
                         continue;
@@ -626,15 +674,23 @@ fn compile_with(
                 }
             }
         };
-        merge_vocabulary(&mut vocabulary, &own);
+        entry.round = cache.round;
+        if merged.insert(std::sync::Arc::as_ptr(&entry.vocabulary)) {
+            merge_vocabulary(&mut vocabulary, &entry.vocabulary);
+        }
         prints.push(print);
-        authorization.push(policy.clone());
-        used.insert(print, (policy, own));
+        authorization.push(entry.policy.clone());
     }
     if let Some(cache) = cache.as_deref_mut() {
-        cache.policies = used;
+        let round = cache.round;
+        cache.policies.retain(|_, e| e.round == round);
+        cache
+            .vocabularies
+            .retain(|_, v| std::sync::Arc::strong_count(v) > 1);
     }
-    authorization.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut by_key: Vec<_> = authorization.into_iter().zip(prints).collect();
+    by_key.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    let (authorization, prints): (Vec<_>, Vec<u64>) = by_key.into_iter().unzip();
     let mut peer: Vec<PeerAuthn> = Vec::new();
     for pa in &inputs.peer {
         let (p, w) = compile_peer(pa, mesh);
@@ -650,12 +706,16 @@ fn compile_with(
     request.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut workloads: Vec<Workload> = extra_workloads.to_vec();
+    let mut keys: std::collections::HashSet<(&str, &str)> = extra_workloads
+        .iter()
+        .map(|w| (w.namespace.as_str(), w.name.as_str()))
+        .collect();
     for w in &inputs.workloads {
-        if !workloads.iter().any(|x| x.key() == w.key()) {
+        if keys.insert((w.namespace.as_str(), w.name.as_str())) {
             workloads.push((*w).clone());
         }
     }
-    workloads.sort_by_key(|w| w.key());
+    workloads.sort_by_cached_key(Workload::key);
 
     let schema_text = schema::render(&vocabulary);
     let schema = match cedar_policy::Schema::from_cedarschema_str(&schema_text) {
@@ -691,24 +751,15 @@ fn compile_with(
                 cache.schema_text = compiled.schema_text.clone();
                 cache.validated.clear();
             }
-            let mut by_print: std::collections::HashMap<String, u64> =
-                std::collections::HashMap::new();
-            for (ap, print) in compiled.authorization.iter().zip(&prints) {
-                by_print.insert(ap.key.to_string(), *print);
-            }
-            let fresh: Vec<&AuthzPolicy> = compiled
+            let fresh = compiled
                 .authorization
                 .iter()
-                .map(|ap| &**ap)
-                .filter(|ap| {
-                    by_print
-                        .get(&ap.key.to_string())
-                        .is_none_or(|p| !cache.validated.contains(p))
-                })
-                .collect();
-            let errors = compiled.validate_policies(fresh.iter().copied());
+                .zip(&prints)
+                .filter(|(_, print)| !cache.validated.contains(*print))
+                .map(|(ap, _)| &**ap);
+            let errors = compiled.validate_policies(fresh);
             if errors.is_empty() {
-                cache.validated = by_print.into_values().collect();
+                cache.validated = prints.into_iter().collect();
             }
             errors
         }

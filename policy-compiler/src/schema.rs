@@ -11,7 +11,7 @@ use crate::expr::string_lit;
 pub const NAMESPACE: &str = "Mesh";
 
 /// What the policies refer to that the engine must put into the context.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Vocabulary {
     /// Lower-cased header names (`request.headers[...]`), pseudo-headers included.
     pub headers: BTreeSet<String>,

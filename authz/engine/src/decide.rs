@@ -294,7 +294,7 @@ pub fn decide_with(
         let matched: Vec<PolicyMatch> = resp
             .diagnostics()
             .reason()
-            .filter_map(|id| policy_match(snapshot, id.as_ref()))
+            .filter_map(|id| policy_match(class, id.as_ref()))
             .collect();
         (!matched.is_empty()).then(|| {
             let mut d = Decision::new(Verdict::Deny, Reason::CustomDenied, generation);
@@ -407,7 +407,7 @@ pub fn decide_with(
         );
         d.determining = reasons
             .iter()
-            .filter_map(|r| policy_match(snapshot, r))
+            .filter_map(|r| policy_match(class, r))
             .collect();
         d
     } else if reasons.is_empty() {
@@ -416,7 +416,7 @@ pub fn decide_with(
         d
     } else {
         let custom = reasons.iter().any(|r| {
-            snapshot
+            class
                 .policy_meta(r)
                 .is_some_and(|m| m.role == Role::CustomDeny)
         });
@@ -431,7 +431,7 @@ pub fn decide_with(
         );
         d.determining = reasons
             .iter()
-            .filter_map(|r| policy_match(snapshot, r))
+            .filter_map(|r| policy_match(class, r))
             .collect();
         d
     };
@@ -454,8 +454,8 @@ fn internal_error(generation: u64, message: &str) -> Decision {
     d
 }
 
-fn policy_match(snapshot: &Snapshot, id: &str) -> Option<PolicyMatch> {
-    snapshot.policy_meta(id).map(|m| m.matched.clone())
+fn policy_match(class: &PolicyClass, id: &str) -> Option<PolicyMatch> {
+    class.policy_meta(id).map(|m| m.matched.clone())
 }
 
 /// Evaluates dry-run, AUDIT and delegated CUSTOM rules; they never change the verdict.
@@ -467,7 +467,7 @@ fn observe(snapshot: &Snapshot, class: &PolicyClass, request: &Request, d: &mut 
             d.errors.push(format!("observed policy: {e}"));
         }
         for id in resp.diagnostics().reason() {
-            let Some(m) = snapshot.policy_meta(id.as_ref()) else {
+            let Some(m) = class.policy_meta(id.as_ref()) else {
                 continue;
             };
             let pm = m.matched.clone();

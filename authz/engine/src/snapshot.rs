@@ -41,6 +41,8 @@ pub struct SnapshotError(pub String);
 /// Identifies a Cedar policy's origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyMeta {
+    /// The Cedar policy id.
+    pub id: String,
     pub key: ResourceKey,
     pub action: Action,
     pub rule: usize,
@@ -67,12 +69,24 @@ pub(crate) struct PolicyClass {
     pub allow_policies: Vec<crate::PolicyMatch>,
     /// The context attributes these policies read; the rest is not built per request.
     pub needs: ContextNeeds,
+    /// Where each Cedar policy of `applicable` comes from, sorted by id. Kept per class (each
+    /// entry shared between the classes of one build), so that a class taken over by the next
+    /// snapshot brings its own and a one-policy update builds none for the unchanged classes.
+    pub meta: Vec<Arc<PolicyMeta>>,
 }
 
 impl PolicyClass {
     /// Whether dry-run, AUDIT or delegated CUSTOM rules are evaluated besides the verdict.
     pub fn observes(&self) -> bool {
         self.observed.is_some() || self.observed_deny.is_some()
+    }
+
+    /// The origin of one of this class's Cedar policies (none for the Istio default permit).
+    pub fn policy_meta(&self, id: &str) -> Option<&PolicyMeta> {
+        self.meta
+            .binary_search_by(|m| m.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &*self.meta[i])
     }
 }
 
@@ -307,7 +321,6 @@ pub struct Snapshot {
     /// Each class by its key, so that the next snapshot can take over the classes whose
     /// policies did not change (see [`Snapshot::build_reusing`]).
     pub(crate) class_keys: Arc<HashMap<ClassKey, usize>>,
-    pub(crate) meta: Arc<HashMap<String, PolicyMeta>>,
     /// Keys of inline `jwks`, by provider (source key, rule index).
     pub(crate) inline_keys: Arc<HashMap<(ResourceKey, usize), Arc<KeySet>>>,
     /// Keys fetched from `jwksUri` by the host, by URI. Replaced with [`Snapshot::with_remote_keys`].
@@ -346,40 +359,31 @@ impl Snapshot {
         )
         .map_err(|e| SnapshotError(e.to_string()))?;
 
-        let mut meta = HashMap::new();
-        for ap in &compiled.authorization {
-            for p in &ap.policies {
-                meta.insert(
-                    p.id.clone(),
-                    PolicyMeta {
-                        key: ap.key.clone(),
-                        action: ap.action,
-                        rule: p.rule,
-                        role: p.role,
-                        matched: crate::PolicyMatch {
-                            policy: ap.key.to_string(),
-                            kind: "AuthorizationPolicy",
-                            action: Some(ap.action.as_str()),
-                            rule: Some(p.rule),
-                            cedar_id: Some(p.id.clone()),
-                        },
-                    },
-                );
-            }
-        }
+        // The origins of the policies of the classes built here, once per compiled policy.
+        let mut metas: HashMap<usize, Vec<Arc<PolicyMeta>>> = HashMap::new();
 
-        // Entities: namespaces and workloads.
+        // Entities: namespaces and workloads; the previous snapshot's when neither the
+        // workloads nor the schema they are checked against changed (a policy change).
+        let unchanged_entities = previous
+            .filter(|p| {
+                p.compiled.workloads == compiled.workloads
+                    && p.compiled.schema_text == compiled.schema_text
+            })
+            .map(|p| p.entities.clone());
         let mut entities = Vec::new();
-        let mut namespaces: Vec<&str> = compiled
-            .workloads
-            .iter()
-            .map(|w| w.namespace.as_str())
-            .collect();
-        namespaces.sort_unstable();
-        namespaces.dedup();
-        for ns in &namespaces {
-            let uid = EntityUid::from_type_name_and_id(namespace_type.clone(), EntityId::new(*ns));
-            entities.push(Entity::new_no_attrs(uid, Default::default()));
+        if unchanged_entities.is_none() {
+            let mut namespaces: Vec<&str> = compiled
+                .workloads
+                .iter()
+                .map(|w| w.namespace.as_str())
+                .collect();
+            namespaces.sort_unstable();
+            namespaces.dedup();
+            for ns in &namespaces {
+                let uid =
+                    EntityUid::from_type_name_and_id(namespace_type.clone(), EntityId::new(*ns));
+                entities.push(Entity::new_no_attrs(uid, Default::default()));
+            }
         }
 
         // Which resources can apply to a workload of a namespace: its namespace's and the
@@ -396,45 +400,9 @@ impl Snapshot {
         for w in &compiled.workloads {
             let uid =
                 EntityUid::from_type_name_and_id(workload_type.clone(), EntityId::new(w.key()));
-            let parent = EntityUid::from_type_name_and_id(
-                namespace_type.clone(),
-                EntityId::new(&w.namespace),
-            );
-            let mut attrs = vec![
-                (
-                    "namespace".to_string(),
-                    RestrictedExpression::new_string(w.namespace.clone()),
-                ),
-                (
-                    "name".to_string(),
-                    RestrictedExpression::new_string(w.name.clone()),
-                ),
-                (
-                    "serviceAccount".to_string(),
-                    RestrictedExpression::new_string(w.service_account.clone()),
-                ),
-                (
-                    "services".to_string(),
-                    RestrictedExpression::new_set(
-                        w.services
-                            .iter()
-                            .map(|s| RestrictedExpression::new_string(s.clone())),
-                    ),
-                ),
-            ];
-            if let Some(g) = &w.gateway {
-                attrs.push((
-                    "gateway".to_string(),
-                    RestrictedExpression::new_string(g.clone()),
-                ));
+            if unchanged_entities.is_none() {
+                entities.push(workload_entity(w, uid.clone(), &namespace_type)?);
             }
-            let tags = w
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
-            let entity = Entity::new_with_tags(uid.clone(), attrs, [parent], tags)
-                .map_err(|e| SnapshotError(format!("workload `{}`: {e}", w.key())))?;
-            entities.push(entity);
 
             let applicable: Vec<usize> = authz_by_namespace
                 .candidates(&w.namespace)
@@ -477,7 +445,13 @@ impl Snapshot {
                                 .iter()
                                 .map(|i| compiled.authorization[*i].clone())
                                 .collect();
-                            Arc::new(build_class(members, conflicting, &default_allow, &names)?)
+                            Arc::new(build_class(
+                                members,
+                                conflicting,
+                                &default_allow,
+                                &names,
+                                &mut metas,
+                            )?)
                         }
                     };
                     classes.push(class);
@@ -517,8 +491,13 @@ impl Snapshot {
                 },
             );
         }
-        let entities = Entities::from_entities(entities, Some(&compiled.schema))
-            .map_err(|e| SnapshotError(format!("entities: {e}")))?;
+        let entities = match unchanged_entities {
+            Some(entities) => entities,
+            None => Arc::new(
+                Entities::from_entities(entities, Some(&compiled.schema))
+                    .map_err(|e| SnapshotError(format!("entities: {e}")))?,
+            ),
+        };
 
         let mut inline_keys = HashMap::new();
         for ra in &compiled.request {
@@ -554,11 +533,10 @@ impl Snapshot {
             by_ip: Arc::new(by_ip),
             by_service_account: Arc::new(by_service_account),
             compiled: Arc::new(compiled),
-            entities: Arc::new(entities),
+            entities,
             workloads: Arc::new(workloads),
             classes: Arc::new(classes),
             class_keys: Arc::new(class_index),
-            meta: Arc::new(meta),
             inline_keys: Arc::new(inline_keys),
             remote_keys: Arc::new(HashMap::new()),
             action,
@@ -644,10 +622,6 @@ impl Snapshot {
         self.classes.len()
     }
 
-    pub fn policy_meta(&self, id: &str) -> Option<&PolicyMeta> {
-        self.meta.get(id)
-    }
-
     pub(crate) fn keys_for(&self, p: &JwtProvider) -> Option<Arc<KeySet>> {
         if p.jwks.is_some() {
             return self.inline_keys.get(&(p.source.clone(), p.rule)).cloned();
@@ -708,6 +682,7 @@ fn build_class(
     conflicting: bool,
     default_allow: &Policy,
     names: &VocabularyLiterals<'_>,
+    metas: &mut HashMap<usize, Vec<Arc<PolicyMeta>>>,
 ) -> Result<PolicyClass, SnapshotError> {
     let mut enforced: Vec<(&Policy, &Reach)> = Vec::new();
     let mut custom_deny = PolicySet::new();
@@ -763,7 +738,16 @@ fn build_class(
             cedar_id: None,
         })
         .collect();
+    let mut meta = Vec::new();
+    for ap in &applicable {
+        let of_policy = metas
+            .entry(Arc::as_ptr(ap) as usize)
+            .or_insert_with(|| metas_of(ap));
+        meta.extend(of_policy.iter().cloned());
+    }
+    meta.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     Ok(PolicyClass {
+        meta,
         allow_policies,
         needs,
         enforced,
@@ -772,6 +756,74 @@ fn build_class(
         observed_deny: non_empty(observed_deny),
         applicable,
     })
+}
+
+/// A workload as a Cedar entity: a child of its namespace, its labels as tags.
+fn workload_entity(
+    w: &Workload,
+    uid: EntityUid,
+    namespace_type: &EntityTypeName,
+) -> Result<Entity, SnapshotError> {
+    let parent =
+        EntityUid::from_type_name_and_id(namespace_type.clone(), EntityId::new(&w.namespace));
+    let mut attrs = vec![
+        (
+            "namespace".to_string(),
+            RestrictedExpression::new_string(w.namespace.clone()),
+        ),
+        (
+            "name".to_string(),
+            RestrictedExpression::new_string(w.name.clone()),
+        ),
+        (
+            "serviceAccount".to_string(),
+            RestrictedExpression::new_string(w.service_account.clone()),
+        ),
+        (
+            "services".to_string(),
+            RestrictedExpression::new_set(
+                w.services
+                    .iter()
+                    .map(|s| RestrictedExpression::new_string(s.clone())),
+            ),
+        ),
+    ];
+    if let Some(g) = &w.gateway {
+        attrs.push((
+            "gateway".to_string(),
+            RestrictedExpression::new_string(g.clone()),
+        ));
+    }
+    let tags = w
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+    Entity::new_with_tags(uid, attrs, [parent], tags)
+        .map_err(|e| SnapshotError(format!("workload `{}`: {e}", w.key())))
+}
+
+/// How decisions name each Cedar policy of `ap`.
+fn metas_of(ap: &AuthzPolicy) -> Vec<Arc<PolicyMeta>> {
+    let policy = ap.key.to_string();
+    ap.policies
+        .iter()
+        .map(|p| {
+            Arc::new(PolicyMeta {
+                id: p.id.clone(),
+                key: ap.key.clone(),
+                action: ap.action,
+                rule: p.rule,
+                role: p.role,
+                matched: crate::PolicyMatch {
+                    policy: policy.clone(),
+                    kind: "AuthorizationPolicy",
+                    action: Some(ap.action.as_str()),
+                    rule: Some(p.rule),
+                    cedar_id: Some(p.id.clone()),
+                },
+            })
+        })
+        .collect()
 }
 
 /// Picks the PeerAuthentication of each level for `w`: "the oldest (creationTimestamp) wins"
@@ -824,15 +876,64 @@ mod reuse_tests {
     }
 
     fn compiled(text: &str, cache: &mut CompileCache) -> Compiled {
+        compiled_for(text, &workloads(), cache)
+    }
+
+    fn compiled_for(text: &str, workloads: &[Workload], cache: &mut CompileCache) -> Compiled {
         let mut inputs = Inputs::default();
         assert!(inputs.load_str("p.yaml", text).is_empty());
         compile_cached(
             &InputsRef::of(&inputs),
             &MeshConfig::default(),
-            &workloads(),
+            workloads,
             cache,
         )
         .unwrap()
+    }
+
+    /// The entities as a sorted list of JSON texts (their order in Cedar's JSON is not fixed).
+    fn entity_texts(s: &Snapshot) -> Vec<String> {
+        let value = s.entities().to_json_value().unwrap();
+        let mut texts: Vec<String> = value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        texts.sort();
+        texts
+    }
+
+    /// A policy change keeps the previous entities; a workload change rebuilds them.
+    #[test]
+    fn entities_are_taken_over_only_while_the_workloads_are_unchanged() {
+        let mut cache = CompileCache::default();
+        let first = Snapshot::build(compiled(&policies("/v1/*"), &mut cache), 1).unwrap();
+        let policy_change = compiled(&policies("/v2/*"), &mut cache);
+        let second = Snapshot::build_reusing(policy_change, 2, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.entities, &second.entities));
+
+        // foo/b is relabelled and a workload appears: foo/b now gets foo-a's ALLOW.
+        let mut changed = workloads();
+        changed[1].labels = [("app".to_string(), "a".to_string())].into();
+        changed.push(Workload {
+            name: "c".into(),
+            ..changed[0].clone()
+        });
+        let workload_change = compiled_for(&policies("/v2/*"), &changed, &mut cache);
+        let fresh = Snapshot::build(workload_change.clone(), 3).unwrap();
+        let third = Snapshot::build_reusing(workload_change, 3, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(&second.entities, &third.entities));
+        assert_eq!(entity_texts(&third), entity_texts(&fresh));
+        assert!(entity_texts(&third).iter().any(|e| e.contains("\"foo/c\"")));
+        let req = RequestAttrs {
+            workload: "foo/b".into(),
+            destination_port: 8080,
+            method: "GET".into(),
+            path: "/v1/x".into(),
+            ..RequestAttrs::default()
+        };
+        assert_eq!(decide(&third, &req).verdict, crate::Verdict::Deny);
     }
 
     /// A snapshot built over the previous one takes over the classes of unchanged policies,
