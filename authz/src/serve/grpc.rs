@@ -176,14 +176,14 @@ pub fn check(state: &State, req: &CheckRequest, started: Instant) -> CheckRespon
         m.audit_matches.inc_by(decision.audit.len() as u64);
     }
     let detail = (resolved != Resolution::Resolved).then(|| decision.errors.join("; "));
-    super::log::decision(
-        &id,
-        &workload,
-        &converted.attrs,
-        &decision,
+    super::log::decision(&super::log::DecisionLine {
+        id: &id,
+        workload: &workload,
+        attrs: &converted.attrs,
+        decision: &decision,
         latency,
-        detail.as_deref(),
-    );
+        detail: detail.as_deref(),
+    });
     response
 }
 
