@@ -10,6 +10,7 @@
 
 pub mod attrs;
 pub mod cache;
+mod context;
 pub mod decide;
 mod index;
 pub mod jwt;
