@@ -13,9 +13,12 @@
 //!    first segment.
 //!
 //! A policy is copied into every set it can reach. Cedar shares the parsed policy between
-//! copies; only its (short, annotation-free) text is per copy.
+//! copies; only its (short, annotation-free) text is per copy. Sets with the same policies are
+//! one set, shared between the classes of a snapshot build ([`SetInterner`]): the classes of a
+//! namespace reach many of the same namespace-wide and mesh-wide policies.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use cedar_policy::{Policy, PolicySet};
 use policy_compiler::compile::{path_first_segment, path_index_key, Form, PathKey, Reach};
@@ -28,23 +31,54 @@ pub(crate) struct EnforcedIndex {
     http: ByPort,
     tcp: ByPort,
     /// Path key -> the policies indexed under it and under its first segment.
-    by_path_key: HashMap<String, PolicySet>,
+    by_path_key: HashMap<String, Arc<PolicySet>>,
     /// First segment -> the policies indexed under it, for a path whose key has no set.
-    by_first_segment: HashMap<String, PolicySet>,
+    by_first_segment: HashMap<String, Arc<PolicySet>>,
 }
 
 /// Policies not indexed by path, by destination port.
 #[derive(Debug, Clone, Default)]
 struct ByPort {
     /// A port some policy is limited to -> that port's policies and the port-agnostic ones.
-    by_port: HashMap<u16, PolicySet>,
+    by_port: HashMap<u16, Arc<PolicySet>>,
     /// The port-agnostic policies: what any other port can reach.
-    other: PolicySet,
+    other: Arc<PolicySet>,
+}
+
+/// The policy sets built so far in one snapshot build, by their policies (the addresses of the
+/// compiled policies, which live as long as the build). An empty Cedar `PolicySet` costs little,
+/// one with a policy a few kilobytes (its maps and a copy of the policy's text).
+#[derive(Debug, Default)]
+pub(crate) struct SetInterner {
+    sets: HashMap<Vec<usize>, Arc<PolicySet>>,
+}
+
+impl SetInterner {
+    /// The set of `policies` (each once), shared with every other class that has the same.
+    fn set_of(&mut self, policies: &[&Policy]) -> Result<Arc<PolicySet>, SnapshotError> {
+        let mut key: Vec<usize> = policies
+            .iter()
+            .map(|p| std::ptr::from_ref::<Policy>(p) as usize)
+            .collect();
+        key.sort_unstable();
+        key.dedup();
+        if let Some(set) = self.sets.get(&key) {
+            return Ok(set.clone());
+        }
+        let mut set = PolicySet::new();
+        for p in policies {
+            add(&mut set, p)?;
+        }
+        let set = Arc::new(set);
+        self.sets.insert(key, set.clone());
+        Ok(set)
+    }
 }
 
 impl EnforcedIndex {
     pub fn build<'a>(
         policies: impl IntoIterator<Item = (&'a Policy, &'a Reach)>,
+        interner: &mut SetInterner,
     ) -> Result<EnforcedIndex, SnapshotError> {
         let mut http: Vec<(&Policy, Option<&[u16]>)> = Vec::new();
         let mut tcp: Vec<(&Policy, Option<&[u16]>)> = Vec::new();
@@ -74,24 +108,17 @@ impl EnforcedIndex {
         }
         let mut by_path_key = HashMap::new();
         for (key, list) in &keyed {
-            let mut set = PolicySet::new();
             let inherited = under.get(path_first_segment(key)).into_iter().flatten();
-            for p in list.iter().chain(inherited) {
-                add(&mut set, p)?;
-            }
-            by_path_key.insert(key.to_string(), set);
+            let members: Vec<&Policy> = list.iter().chain(inherited).copied().collect();
+            by_path_key.insert(key.to_string(), interner.set_of(&members)?);
         }
         let mut by_first_segment = HashMap::new();
         for (segment, list) in &under {
-            let mut set = PolicySet::new();
-            for p in list {
-                add(&mut set, p)?;
-            }
-            by_first_segment.insert(segment.to_string(), set);
+            by_first_segment.insert(segment.to_string(), interner.set_of(list)?);
         }
         Ok(EnforcedIndex {
-            http: ByPort::build(&http)?,
-            tcp: ByPort::build(&tcp)?,
+            http: ByPort::build(&http, interner)?,
+            tcp: ByPort::build(&tcp, interner)?,
             by_path_key,
             by_first_segment,
         })
@@ -115,19 +142,22 @@ impl EnforcedIndex {
                 .get(path_index_key(path))
                 .or_else(|| self.by_first_segment.get(path_first_segment(path)))
         });
-        std::iter::once(unindexed)
-            .chain(by_path)
+        std::iter::once(&**unindexed)
+            .chain(by_path.map(|set| &**set))
             .filter(|set| !set.is_empty())
     }
 }
 
 impl ByPort {
-    fn build(policies: &[(&Policy, Option<&[u16]>)]) -> Result<ByPort, SnapshotError> {
-        let mut other = PolicySet::new();
+    fn build(
+        policies: &[(&Policy, Option<&[u16]>)],
+        interner: &mut SetInterner,
+    ) -> Result<ByPort, SnapshotError> {
+        let mut other = Vec::new();
         let mut ports: Vec<u16> = Vec::new();
         for (policy, limited_to) in policies {
             match limited_to {
-                None => add(&mut other, policy)?,
+                None => other.push(*policy),
                 Some(list) => ports.extend(list.iter().copied()),
             }
         }
@@ -135,15 +165,17 @@ impl ByPort {
         ports.dedup();
         let mut by_port = HashMap::new();
         for port in ports {
-            let mut set = PolicySet::new();
-            for (policy, limited_to) in policies {
-                if limited_to.is_none_or(|list| list.contains(&port)) {
-                    add(&mut set, policy)?;
-                }
-            }
-            by_port.insert(port, set);
+            let members: Vec<&Policy> = policies
+                .iter()
+                .filter(|(_, limited_to)| limited_to.is_none_or(|list| list.contains(&port)))
+                .map(|(policy, _)| *policy)
+                .collect();
+            by_port.insert(port, interner.set_of(&members)?);
         }
-        Ok(ByPort { by_port, other })
+        Ok(ByPort {
+            by_port,
+            other: interner.set_of(&other)?,
+        })
     }
 }
 
@@ -215,7 +247,11 @@ mod tests {
             .iter()
             .map(|(id, r)| (policy(id), r.clone()))
             .collect();
-        let index = EnforcedIndex::build(policies.iter().map(|(p, r)| (p, r))).unwrap();
+        let index = EnforcedIndex::build(
+            policies.iter().map(|(p, r)| (p, r)),
+            &mut SetInterner::default(),
+        )
+        .unwrap();
         let reached = |protocol, port, path: Option<&str>| -> Vec<String> {
             let mut ids: Vec<String> = index
                 .sets_for(protocol, port, path)
@@ -281,7 +317,11 @@ mod tests {
     #[test]
     fn empty_sets_are_not_evaluated() {
         let only_tcp = [(policy("t"), reach(Form::Tcp, None, None))];
-        let index = EnforcedIndex::build(only_tcp.iter().map(|(p, r)| (p, r))).unwrap();
+        let index = EnforcedIndex::build(
+            only_tcp.iter().map(|(p, r)| (p, r)),
+            &mut SetInterner::default(),
+        )
+        .unwrap();
         assert_eq!(index.sets_for(Protocol::Http, 80, Some("/")).count(), 0);
         assert_eq!(index.sets_for(Protocol::Tcp, 80, None).count(), 1);
     }

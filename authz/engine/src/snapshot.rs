@@ -30,7 +30,7 @@ use policy_compiler::resources::{Action, MtlsMode};
 use policy_compiler::schema::NAMESPACE;
 use policy_compiler::{Compiled, Workload};
 
-use crate::index::EnforcedIndex;
+use crate::index::{EnforcedIndex, SetInterner};
 use crate::jwt::KeySet;
 
 /// What a snapshot could not be built from.
@@ -361,6 +361,7 @@ impl Snapshot {
 
         // The origins of the policies of the classes built here, once per compiled policy.
         let mut metas: HashMap<usize, Vec<Arc<PolicyMeta>>> = HashMap::new();
+        let mut sets = SetInterner::default();
 
         // Entities: namespaces and workloads; the previous snapshot's when neither the
         // workloads nor the schema they are checked against changed (a policy change).
@@ -451,6 +452,7 @@ impl Snapshot {
                                 &default_allow,
                                 &names,
                                 &mut metas,
+                                &mut sets,
                             )?)
                         }
                     };
@@ -683,6 +685,7 @@ fn build_class(
     default_allow: &Policy,
     names: &VocabularyLiterals<'_>,
     metas: &mut HashMap<usize, Vec<Arc<PolicyMeta>>>,
+    sets: &mut SetInterner,
 ) -> Result<PolicyClass, SnapshotError> {
     let mut enforced: Vec<(&Policy, &Reach)> = Vec::new();
     let mut custom_deny = PolicySet::new();
@@ -721,7 +724,7 @@ fn build_class(
     if !has_enforced_allow {
         enforced.push((default_allow, &everything));
     }
-    let enforced = EnforcedIndex::build(enforced)?;
+    let enforced = EnforcedIndex::build(enforced, sets)?;
     let texts = applicable
         .iter()
         .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
