@@ -436,12 +436,34 @@ spec:
     fn reads_only_the_headers_it_needs() {
         let dir = tempfile::tempdir().unwrap();
         let c = load(dir.path(), "default/httpbin").unwrap();
-        let s = FakeStream::http("/");
-        let mut s = s;
+        let mut s = FakeStream::http("/");
         c.on_request_headers(&mut s);
-        let mut expected: Vec<String> =
-            request::ALWAYS_READ.iter().map(|s| s.to_string()).collect();
-        expected.push("x-role".into());
+        assert_eq!(*s.reads.borrow(), ["x-role"]);
+
+        // With a RequestAuthentication (a header location of its own) and trusted proxies: the
+        // token headers and the client address chain too.
+        let jwt = format!(
+            "{POLICY}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: default}}\nspec:\n  jwtRules:\n  - issuer: https://issuer.example\n    jwks: '{{\"keys\": []}}'\n    fromHeaders: [{{name: X-Token}}]\n"
+        );
+        let mesh = MESH.replace(
+            "pathNormalization",
+            "numTrustedProxies: 1\n  pathNormalization",
+        );
+        let settings = Settings {
+            workload: "default/httpbin".into(),
+            policies: vec![write(dir.path(), "jwt.yaml", &jwt)],
+            mesh: Some(write(dir.path(), "mesh-xff.yaml", &mesh)),
+            #[cfg(feature = "test-panic")]
+            test_panic: false,
+        };
+        let c = FilterConfig::load(settings, Mode::Once).unwrap();
+        let mut s = FakeStream::http("/");
+        c.on_request_headers(&mut s);
+        let mut expected: Vec<String> = request::TOKEN_HEADERS
+            .iter()
+            .chain(&[request::FORWARDED_FOR, "x-role", "x-token"])
+            .map(|s| s.to_string())
+            .collect();
         expected.sort();
         assert_eq!(*s.reads.borrow(), expected);
     }

@@ -59,19 +59,24 @@ pub trait StreamHost {
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &str, details: &str);
 }
 
-/// Headers the engine reads even when no policy names them: the default JWT location, cookies,
-/// the client address chain and CORS preflight detection.
-pub const ALWAYS_READ: [&str; 5] = [
+/// Headers RequestAuthentication reads besides the token locations its rules name: the default
+/// token location, cookies, and what tells a CORS preflight (which skips token checks).
+pub const TOKEN_HEADERS: [&str; 4] = [
     "authorization",
     "cookie",
-    "x-forwarded-for",
     "origin",
     "access-control-request-method",
 ];
 
+/// The client address chain, read for `remoteIpBlocks` when the mesh trusts proxies in front
+/// (`numTrustedProxies`); otherwise the remote address is the peer.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+
 /// The request headers to read for `workload` under `snapshot`: every header a policy condition
-/// names (`:method` and `:path` come from attributes), the token locations of the workload's
-/// RequestAuthentications, and [`ALWAYS_READ`]. Sorted, lower-case, no duplicates.
+/// names (`:method` and `:path` come from attributes); [`TOKEN_HEADERS`] and the token locations
+/// of the workload's RequestAuthentications when it has any; [`FORWARDED_FOR`] when the mesh has
+/// trusted proxies. Each header read is a call into Envoy, so nothing else. Sorted, lower-case,
+/// no duplicates.
 pub fn header_names(snapshot: &Snapshot, workload: &str) -> Vec<String> {
     let compiled = snapshot.compiled();
     let mut names: Vec<String> = compiled
@@ -81,9 +86,12 @@ pub fn header_names(snapshot: &Snapshot, workload: &str) -> Vec<String> {
         .filter(|h| !matches!(h.as_str(), ":method" | ":path"))
         .cloned()
         .collect();
-    names.extend(ALWAYS_READ.iter().map(|h| h.to_string()));
+    if compiled.mesh.num_trusted_proxies > 0 {
+        names.push(FORWARDED_FOR.to_string());
+    }
     if let Some(w) = snapshot.workload(workload) {
         for ra in compiled.request.iter().filter(|ra| ra.scope.applies_to(w)) {
+            names.extend(TOKEN_HEADERS.iter().map(|h| h.to_string()));
             for p in &ra.providers {
                 names.extend(p.from_headers.iter().map(|(h, _)| h.to_ascii_lowercase()));
             }

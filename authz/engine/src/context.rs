@@ -395,16 +395,6 @@ mod tests {
     /// Everything a context can hold, each name once.
     fn every_need() -> ContextNeeds {
         ContextNeeds {
-            principal: true,
-            trust_domain: true,
-            source_ip: true,
-            remote_ip: true,
-            destination_ip: true,
-            sni: true,
-            host: true,
-            method: true,
-            path: true,
-            jwt: true,
             headers: [
                 "x-team",
                 ":path",
@@ -422,6 +412,8 @@ mod tests {
                 ("count".into(), vec!["count".into()]),
             ],
             metadata: vec![("m0".into(), ("envoy.filters.http.x".into(), "key".into()))],
+            // Every record and scalar attribute.
+            ..ContextNeeds::all(&policy_compiler::schema::Vocabulary::default())
         }
     }
 
