@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -390,9 +391,20 @@ impl Snapshot {
         // Which resources can apply to a workload of a namespace: its namespace's and the
         // mesh-wide ones (every workload tested against every policy is 10^7 tests at 10,000
         // policies and 1,000 workloads).
-        let authz_by_namespace =
-            ByNamespace::new(compiled.authorization.iter().map(|ap| &ap.scope));
-        let request_by_namespace = ByNamespace::new(compiled.request.iter().map(|ra| &ra.scope));
+        let root = compiled.mesh.root_namespace.as_str();
+        let workload_namespaces = || compiled.workloads.iter().map(|w| w.namespace.as_str());
+        let authz_by_namespace = ByNamespace::new(
+            &compiled.authorization,
+            |ap: &Arc<AuthzPolicy>| (&ap.key, &ap.scope),
+            root,
+            workload_namespaces(),
+        );
+        let request_by_namespace = ByNamespace::new(
+            &compiled.request,
+            |ra: &policy_compiler::compile::RequestAuthn| (&ra.key, &ra.scope),
+            root,
+            workload_namespaces(),
+        );
         let names = VocabularyLiterals::new(&compiled.vocabulary);
         let mut classes: Vec<Arc<PolicyClass>> = Vec::new();
         let mut class_index: HashMap<ClassKey, usize> = HashMap::new();
@@ -634,39 +646,67 @@ impl Snapshot {
     }
 }
 
-/// Resource indices by the namespace their scope is limited to (see [`Scope::namespace`]).
+/// Resource indices by the namespace their scope is limited to (see [`Scope::namespace`]): a
+/// resource applies to workloads of its own namespace only, or, in the root namespace, to every
+/// namespace. The compiler sorts resources by `namespace/name`, so each namespace's resources
+/// are one range, found by binary search: a snapshot build does not read every resource.
 struct ByNamespace<'a> {
-    everywhere: Vec<usize>,
-    by_namespace: HashMap<&'a str, Vec<usize>>,
+    /// The root namespace's resources: candidates everywhere.
+    root: Range<usize>,
+    /// The range of each namespace that has workloads.
+    ranges: HashMap<&'a str, Range<usize>>,
 }
 
 impl<'a> ByNamespace<'a> {
-    fn new(scopes: impl Iterator<Item = &'a Scope>) -> ByNamespace<'a> {
-        let mut everywhere = Vec::new();
-        let mut by_namespace: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, scope) in scopes.enumerate() {
+    fn new<T>(
+        resources: &'a [T],
+        identity: impl Fn(&T) -> (&ResourceKey, &Scope),
+        root: &'a str,
+        namespaces: impl Iterator<Item = &'a str>,
+    ) -> ByNamespace<'a> {
+        debug_assert!(
+            resources
+                .windows(2)
+                .all(|w| identity(&w[0]).0 <= identity(&w[1]).0),
+            "resources sorted by namespace/name"
+        );
+        debug_assert!(resources.iter().all(|r| {
+            let (key, scope) = identity(r);
             match scope.namespace() {
-                None => everywhere.push(i),
-                Some(ns) => by_namespace.entry(ns).or_default().push(i),
+                None => key.namespace == root,
+                Some(ns) => ns == key.namespace,
             }
+        }));
+        let range_of = |ns: &str| {
+            let start = resources.partition_point(|r| identity(r).0.namespace.as_str() < ns);
+            let end = resources.partition_point(|r| identity(r).0.namespace.as_str() <= ns);
+            start..end
+        };
+        let mut ranges = HashMap::new();
+        for ns in namespaces {
+            ranges.entry(ns).or_insert_with(|| range_of(ns));
         }
         ByNamespace {
-            everywhere,
-            by_namespace,
+            root: range_of(root),
+            ranges,
         }
     }
 
     /// The indices that may apply to a workload of `namespace`, ascending (as the resources
     /// are ordered, so that equal sets give equal class keys).
     fn candidates(&self, namespace: &str) -> impl Iterator<Item = usize> {
-        let mut all: Vec<usize> = self
-            .everywhere
-            .iter()
-            .chain(self.by_namespace.get(namespace).into_iter().flatten())
-            .copied()
-            .collect();
-        all.sort_unstable();
-        all.into_iter()
+        let own = self
+            .ranges
+            .get(namespace)
+            .filter(|r| **r != self.root)
+            .cloned()
+            .unwrap_or_default();
+        let (first, second) = if own.start < self.root.start {
+            (own, self.root.clone())
+        } else {
+            (self.root.clone(), own)
+        };
+        first.chain(second)
     }
 }
 

@@ -153,6 +153,9 @@ struct Entry {
 pub struct ClusterState {
     policies: BTreeMap<(PolicyKind, String, String), Entry>,
     pods: BTreeMap<(String, String), Workload>,
+    /// `workloads()` of `pods`, made on the first build after a pod changed (most changes are
+    /// of policies). Per clone: cleared by every change of `pods`.
+    workloads: std::sync::OnceLock<Vec<Workload>>,
     mesh: MeshConfig,
     /// Compiled policies of the previous build, so a change recompiles one object.
     cache: std::sync::Arc<std::sync::Mutex<CompileCache>>,
@@ -252,10 +255,14 @@ impl ClusterState {
                     return Changed::No;
                 }
                 self.pods.insert(key, w);
+                self.workloads = Default::default();
                 Changed::Yes
             }
             None => match self.pods.remove(&key) {
-                Some(_) => Changed::Yes,
+                Some(_) => {
+                    self.workloads = Default::default();
+                    Changed::Yes
+                }
                 None => Changed::No,
             },
         }
@@ -263,7 +270,10 @@ impl ClusterState {
 
     pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Changed {
         match self.pods.remove(&(namespace.to_string(), name.to_string())) {
-            Some(_) => Changed::Yes,
+            Some(_) => {
+                self.workloads = Default::default();
+                Changed::Yes
+            }
             None => Changed::No,
         }
     }
@@ -285,6 +295,7 @@ impl ClusterState {
             return Changed::No;
         }
         self.pods = next;
+        self.workloads = Default::default();
         Changed::Yes
     }
 
@@ -361,13 +372,13 @@ impl ClusterState {
         for entry in self.policies.values() {
             inputs.extend_with_prints(&entry.inputs, &entry.prints);
         }
-        let workloads = self.workloads();
+        let workloads = self.workloads.get_or_init(|| self.workloads());
         let compiled = {
             let mut cache = self
                 .cache
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            policy_compiler::compile::compile_cached(&inputs, &self.mesh, &workloads, &mut cache)?
+            policy_compiler::compile::compile_cached(&inputs, &self.mesh, workloads, &mut cache)?
         };
         let resources = crate::watch::Resources::of(&compiled);
         let warnings = compiled.warnings.iter().map(ToString::to_string).collect();

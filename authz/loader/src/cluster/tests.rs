@@ -538,3 +538,35 @@ fn an_invalid_deny_with_an_unusable_name_still_denies_its_namespace() {
         Verdict::Allow
     );
 }
+
+/// Workloads are made once per change of the pods: each kind of pod change after a build is
+/// seen by the next build (a relabel, a new pod, a deletion, a re-list).
+#[test]
+fn every_pod_change_reaches_the_next_build() {
+    let mut state = cluster();
+    state.apply_policy(AP, "v1", ap("foo", "allow", allow_get(&["/ok"])));
+    assert_eq!(verdict(&state, "foo/httpbin-1", "/x", ""), Verdict::Deny);
+    assert_eq!(verdict(&state, "foo/sleep-1", "/x", ""), Verdict::Allow);
+
+    // Relabelled into the policy's selector.
+    state.apply_pod(&pod("foo", "sleep-1", "httpbin", "10.0.0.2"));
+    assert_eq!(verdict(&state, "foo/sleep-1", "/x", ""), Verdict::Deny);
+
+    // A new pod.
+    state.apply_pod(&pod("foo", "web-1", "web", "10.0.0.3"));
+    assert_eq!(verdict(&state, "foo/web-1", "/x", ""), Verdict::Allow);
+
+    // Deleted: unknown to the next snapshot (denied as an unknown workload).
+    state.delete_pod("foo", "web-1");
+    assert_eq!(verdict(&state, "foo/web-1", "/x", ""), Verdict::Deny);
+
+    // A re-list of the namespace without the relabel.
+    state.reset_pods(Some("foo"), &[pod("foo", "sleep-1", "sleep", "10.0.0.2")]);
+    assert_eq!(verdict(&state, "foo/sleep-1", "/x", ""), Verdict::Allow);
+
+    // A pod that finished is no workload any more.
+    let mut finished = pod("foo", "sleep-1", "sleep", "10.0.0.2");
+    finished["status"]["phase"] = json!("Succeeded");
+    state.apply_pod(&finished);
+    assert_eq!(verdict(&state, "foo/sleep-1", "/x", ""), Verdict::Deny);
+}
