@@ -3,8 +3,9 @@
 //! The baseline in the same run is the cost of taking the object in (parse + validate), which
 //! is all an incremental engine would have to add to the index. A rebuild compiles only the
 //! changed object (compile cache) and rebuilds only the policy classes it belongs to (the
-//! others are taken over from the previous snapshot), but still walks the whole estate:
-//! fingerprints, workloads, entities, the vocabulary and the schema.
+//! others are taken over from the previous snapshot; so are the Cedar entities while the pods
+//! are unchanged), but still visits every compiled policy (compile-cache lookups, vocabulary,
+//! order) and every workload (its policy class).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark code")]
 
