@@ -322,6 +322,8 @@ pub struct Snapshot {
     /// Each class by its key, so that the next snapshot can take over the classes whose
     /// policies did not change (see [`Snapshot::build_reusing`]).
     pub(crate) class_keys: Arc<HashMap<ClassKey, usize>>,
+    /// The key of each class, by index (the reverse of `class_keys`).
+    pub(crate) keys_of_classes: Arc<Vec<ClassKey>>,
     /// Keys of inline `jwks`, by provider (source key, rule index).
     pub(crate) inline_keys: Arc<HashMap<(ResourceKey, usize), Arc<KeySet>>>,
     /// Keys fetched from `jwksUri` by the host, by URI. Replaced with [`Snapshot::with_remote_keys`].
@@ -405,42 +407,73 @@ impl Snapshot {
             root,
             workload_namespaces(),
         );
+        // A workload keeps its previous class key when neither it nor any policy that may
+        // apply to it changed: the same candidate policies (the same `Arc`s, compared by
+        // address, without reading them) and the same workload. Deciding this per namespace
+        // spares a one-policy change the test of every policy's scope against every workload.
+        let previous_by_namespace = previous
+            .filter(|p| p.compiled.mesh.root_namespace == root)
+            .map(|p| {
+                let by_namespace = ByNamespace::new(
+                    &p.compiled.authorization,
+                    |ap: &Arc<AuthzPolicy>| (&ap.key, &ap.scope),
+                    root,
+                    workload_namespaces(),
+                );
+                (p, by_namespace)
+            });
+        let mut unchanged_namespaces: HashMap<String, bool> = HashMap::new();
+        let mut unchanged_namespace = |ns: &str| -> bool {
+            let Some((p, before)) = &previous_by_namespace else {
+                return false;
+            };
+            if let Some(known) = unchanged_namespaces.get(ns) {
+                return *known;
+            }
+            let same = |now: Range<usize>, then: Range<usize>| {
+                let (now, then) = (
+                    &compiled.authorization[now],
+                    &p.compiled.authorization[then],
+                );
+                now.len() == then.len() && now.iter().zip(then).all(|(a, b)| Arc::ptr_eq(a, b))
+            };
+            let (own_now, root_now) = authz_by_namespace.ranges(ns);
+            let (own_then, root_then) = before.ranges(ns);
+            let unchanged = same(own_now, own_then) && same(root_now, root_then);
+            unchanged_namespaces.insert(ns.to_string(), unchanged);
+            unchanged
+        };
         let names = VocabularyLiterals::new(&compiled.vocabulary);
         let mut classes: Vec<Arc<PolicyClass>> = Vec::new();
+        let mut keys_of_classes: Vec<ClassKey> = Vec::new();
         let mut class_index: HashMap<ClassKey, usize> = HashMap::new();
         let mut workloads = HashMap::new();
         let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
         for w in &compiled.workloads {
-            let uid =
-                EntityUid::from_type_name_and_id(workload_type.clone(), EntityId::new(w.key()));
+            let workload_key = w.key();
+            let uid = EntityUid::from_type_name_and_id(
+                workload_type.clone(),
+                EntityId::new(&workload_key),
+            );
             if unchanged_entities.is_none() {
                 entities.push(workload_entity(w, uid.clone(), &namespace_type)?);
             }
 
-            let applicable: Vec<usize> = authz_by_namespace
-                .candidates(&w.namespace)
-                .filter(|i| compiled.authorization[*i].scope.applies_to(w))
-                .collect();
-            // "At most one provider per workload": with CUSTOM policies naming two providers,
-            // Istio denies every request matching any CUSTOM rule.
-            let mut providers: Vec<&str> = applicable
-                .iter()
-                .filter_map(|i| {
-                    compiled.authorization[*i]
-                        .provider
-                        .as_ref()
-                        .map(|p| p.0.as_str())
-                })
-                .collect();
-            providers.sort_unstable();
-            providers.dedup();
-            let conflicting = providers.len() > 1;
-            let key = ClassKey {
-                policies: applicable
-                    .iter()
-                    .map(|i| Arc::as_ptr(&compiled.authorization[*i]) as usize)
-                    .collect(),
-                conflicting,
+            let kept_key = previous
+                .filter(|_| unchanged_namespace(&w.namespace))
+                .and_then(|p| {
+                    let before = p.workloads.get(&workload_key)?;
+                    (before.workload == *w).then(|| p.keys_of_classes.get(before.class).cloned())?
+                });
+            let (key, applicable) = match kept_key {
+                Some(key) => (key, Vec::new()),
+                None => {
+                    let applicable: Vec<usize> = authz_by_namespace
+                        .candidates(&w.namespace)
+                        .filter(|i| compiled.authorization[*i].scope.applies_to(w))
+                        .collect();
+                    (class_key(&compiled.authorization, &applicable), applicable)
+                }
             };
             let class = match class_index.get(&key) {
                 Some(c) => *c,
@@ -454,13 +487,15 @@ impl Snapshot {
                     let class = match reused {
                         Some(class) => class,
                         None => {
+                            // A kept key always names a class of the previous snapshot, so
+                            // `applicable` is known here.
                             let members: Vec<Arc<AuthzPolicy>> = applicable
                                 .iter()
                                 .map(|i| compiled.authorization[*i].clone())
                                 .collect();
                             Arc::new(build_class(
                                 members,
-                                conflicting,
+                                key.conflicting,
                                 &default_allow,
                                 &names,
                                 &mut metas,
@@ -469,6 +504,7 @@ impl Snapshot {
                         }
                     };
                     classes.push(class);
+                    keys_of_classes.push(key.clone());
                     class_index.insert(key, classes.len() - 1);
                     classes.len() - 1
                 }
@@ -495,7 +531,7 @@ impl Snapshot {
                 })
                 .clone();
             workloads.insert(
-                w.key(),
+                workload_key,
                 WorkloadState {
                     workload: w.clone(),
                     uid,
@@ -551,6 +587,7 @@ impl Snapshot {
             workloads: Arc::new(workloads),
             classes: Arc::new(classes),
             class_keys: Arc::new(class_index),
+            keys_of_classes: Arc::new(keys_of_classes),
             inline_keys: Arc::new(inline_keys),
             remote_keys: Arc::new(HashMap::new()),
             action,
@@ -692,21 +729,46 @@ impl<'a> ByNamespace<'a> {
         }
     }
 
-    /// The indices that may apply to a workload of `namespace`, ascending (as the resources
-    /// are ordered, so that equal sets give equal class keys).
-    fn candidates(&self, namespace: &str) -> impl Iterator<Item = usize> {
+    /// The resources of `namespace` (empty for the root namespace) and of the root namespace.
+    fn ranges(&self, namespace: &str) -> (Range<usize>, Range<usize>) {
         let own = self
             .ranges
             .get(namespace)
             .filter(|r| **r != self.root)
             .cloned()
             .unwrap_or_default();
+        (own, self.root.clone())
+    }
+
+    /// The indices that may apply to a workload of `namespace`, ascending (as the resources
+    /// are ordered, so that equal sets give equal class keys).
+    fn candidates(&self, namespace: &str) -> impl Iterator<Item = usize> {
+        let (own, _) = self.ranges(namespace);
         let (first, second) = if own.start < self.root.start {
             (own, self.root.clone())
         } else {
             (self.root.clone(), own)
         };
         first.chain(second)
+    }
+}
+
+/// The key of the class of `applicable` (indices into `authorization`, ascending).
+fn class_key(authorization: &[Arc<AuthzPolicy>], applicable: &[usize]) -> ClassKey {
+    // "At most one provider per workload": with CUSTOM policies naming two providers, Istio
+    // denies every request matching any CUSTOM rule.
+    let mut providers: Vec<&str> = applicable
+        .iter()
+        .filter_map(|i| authorization[*i].provider.as_ref().map(|p| p.0.as_str()))
+        .collect();
+    providers.sort_unstable();
+    providers.dedup();
+    ClassKey {
+        policies: applicable
+            .iter()
+            .map(|i| Arc::as_ptr(&authorization[*i]) as usize)
+            .collect(),
+        conflicting: providers.len() > 1,
     }
 }
 
@@ -932,6 +994,41 @@ mod reuse_tests {
             cache,
         )
         .unwrap()
+    }
+
+    /// A change of a mesh-wide policy reaches every workload, although their namespaces'
+    /// policies are unchanged.
+    #[test]
+    fn a_mesh_wide_change_reaches_every_class() {
+        let mut cache = CompileCache::default();
+        let first = Snapshot::build(compiled(&policies("/v1/*"), &mut cache), 1).unwrap();
+        let changed = policies("/v1/*").replace("\"/debug\"", "\"/trace\"");
+        let next =
+            Snapshot::build_reusing(compiled(&changed, &mut cache), 2, Some(&first)).unwrap();
+        for w in ["foo/a", "foo/b", "bar/a", "bar/b"] {
+            let req = |path: &str| RequestAttrs {
+                workload: w.into(),
+                destination_port: 8080,
+                method: "GET".into(),
+                path: path.into(),
+                ..RequestAttrs::default()
+            };
+            assert_eq!(
+                decide(&first, &req("/debug")).verdict,
+                crate::Verdict::Deny,
+                "{w}"
+            );
+            assert_eq!(
+                decide(&next, &req("/trace")).verdict,
+                crate::Verdict::Deny,
+                "{w}"
+            );
+            assert_ne!(
+                decide(&next, &req("/debug")).reason,
+                crate::Reason::DenyMatched,
+                "{w}"
+            );
+        }
     }
 
     /// The entities as a sorted list of JSON texts (their order in Cedar's JSON is not fixed).
