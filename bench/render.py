@@ -62,7 +62,7 @@ def render_services(sv):
           " generated estate, round-robin over its four named requests (hit the first rule, match late,"
           " miss, mesh-wide DENY), over 4 HTTP/2 connections, 2 client threads. Each answer's gRPC status"
           " is checked against the engine's verdict for meshauthz (mismatches below). Both servers run"
-          " on the same tonic/envoy-types transport; `meshauthz serve` runs its default configuration,"
+          " on the same tonic/envoy-types transport and allocator (mimalloc); `meshauthz serve` runs its default configuration,"
           " which writes one decision log line per Check (to a file here), and once more with"
           " `RUST_LOG=info,meshauthz::decision=warn`. %d s per run after a warm-up, %d round(s)%s."
           " Server CPU is the server process's user+system time over"
@@ -294,8 +294,7 @@ if apply and rebuild:
     print("| apply + rebuild the snapshot | %.0f ms |" % (rebuild / 1e3))
     print("\nRebuild / apply: **%.0fx**. Target: one-policy update <= 5 ms: **%s** (%.0f ms; a"
           " change still visits every compiled policy (compile-cache lookups, vocabulary, order,"
-          " validation bookkeeping) and every workload (its policy class), and drops the previous"
-          " snapshot's tables)." % (
+          " validation bookkeeping) and every workload (its policy class))." % (
               rebuild / apply, "met" if rebuild <= 5e3 else "missed", rebuild / 1e3))
     cold, reload = times.get("update/10k/files-cold"), times.get("update/10k/files-reload")
     if cold and reload:

@@ -1,8 +1,9 @@
 //! The no-op baseline of the ext_authz service benchmark: an `envoy.service.auth.v3.
 //! Authorization/Check` server that answers OK to every request without looking at it. Same
 //! transport as `meshauthz serve` (tonic, envoy-types, a multi-threaded tokio runtime, TCP
-//! no-delay), so the difference between the two is the per-Check work of meshauthz: converting
-//! the request, resolving the workload, deciding, counting and logging.
+//! no-delay) and the same allocator (mimalloc), so the difference between the two is the
+//! per-Check work of meshauthz: converting the request, resolving the workload, deciding,
+//! counting and logging.
 //!
 //! Usage: `noop-authz [ADDR]` (default 127.0.0.1:0). Prints `noop serving grpc=<addr>` once
 //! listening; runs until killed.
@@ -19,6 +20,9 @@ use envoy_types::pb::google::rpc;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Clone, Copy)]
 struct AlwaysOk;
