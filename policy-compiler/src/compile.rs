@@ -531,7 +531,7 @@ pub struct CompileCache {
     round: u64,
     /// The distinct vocabularies of the entries: policies of an estate use a few sets of
     /// headers and claims, and each set is merged once per compile.
-    vocabularies: std::collections::HashMap<Vocabulary, std::sync::Arc<Vocabulary>>,
+    vocabularies: std::collections::HashSet<std::sync::Arc<Vocabulary>>,
     schema_text: String,
     validated: std::collections::HashSet<u64>,
 }
@@ -586,36 +586,14 @@ fn mesh_fingerprint(mesh: &MeshConfig) -> u64 {
     h.finish()
 }
 
-/// Adds `from` to `into`, copying only names `into` lacks (most policies of an estate use the
-/// same few headers and claims, or none).
+/// Adds `from` to `into` (called once per distinct vocabulary of a compile).
 fn merge_vocabulary(into: &mut Vocabulary, from: &Vocabulary) {
-    if from.headers.is_empty()
-        && from.claims.is_empty()
-        && from.metadata.is_empty()
-        && from.templates.is_empty()
-    {
-        return;
-    }
-    for h in &from.headers {
-        if !into.headers.contains(h) {
-            into.headers.insert(h.clone());
-        }
-    }
-    for (k, v) in &from.claims {
-        if !into.claims.contains_key(k) {
-            into.claims.insert(k.clone(), v.clone());
-        }
-    }
-    for (k, v) in &from.metadata {
-        if !into.metadata.contains_key(k) {
-            into.metadata.insert(k.clone(), v.clone());
-        }
-    }
-    for t in &from.templates {
-        if !into.templates.contains(t) {
-            into.templates.insert(t.clone());
-        }
-    }
+    into.headers.extend(from.headers.iter().cloned());
+    into.claims
+        .extend(from.claims.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.metadata
+        .extend(from.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+    into.templates.extend(from.templates.iter().cloned());
 }
 
 fn compile_with(
@@ -658,15 +636,21 @@ fn compile_with(
             std::collections::hash_map::Entry::Vacant(miss) => {
                 let mut own = Vocabulary::default();
                 match compile_authorization(ap, mesh, &mut own) {
-                    Ok(p) => miss.insert(CacheEntry {
-                        policy: std::sync::Arc::new(p),
-                        vocabulary: cache
-                            .vocabularies
-                            .entry(own)
-                            .or_insert_with_key(|v| std::sync::Arc::new(v.clone()))
-                            .clone(),
-                        round: 0,
-                    }),
+                    Ok(p) => {
+                        let vocabulary = match cache.vocabularies.get(&own) {
+                            Some(shared) => shared.clone(),
+                            None => {
+                                let shared = std::sync::Arc::new(own);
+                                cache.vocabularies.insert(shared.clone());
+                                shared
+                            }
+                        };
+                        miss.insert(CacheEntry {
+                            policy: std::sync::Arc::new(p),
+                            vocabulary,
+                            round: 0,
+                        })
+                    }
                     Err(e) => {
                         errors.extend(e);
                         continue;
@@ -686,7 +670,7 @@ fn compile_with(
         cache.policies.retain(|_, e| e.round == round);
         cache
             .vocabularies
-            .retain(|_, v| std::sync::Arc::strong_count(v) > 1);
+            .retain(|v| std::sync::Arc::strong_count(v) > 1);
     }
     let mut by_key: Vec<_> = authorization.into_iter().zip(prints).collect();
     by_key.sort_by(|a, b| a.0.key.cmp(&b.0.key));

@@ -70,6 +70,8 @@ pub(crate) struct PolicyClass {
     pub allow_policies: Vec<crate::PolicyMatch>,
     /// The context attributes these policies read; the rest is not built per request.
     pub needs: ContextNeeds,
+    /// Its CUSTOM policies name more than one provider (see [`class_key`]).
+    pub conflicting: bool,
     /// Where each Cedar policy of `applicable` comes from, sorted by id. Kept per class (each
     /// entry shared between the classes of one build), so that a class taken over by the next
     /// snapshot brings its own and a one-policy update builds none for the unchanged classes.
@@ -80,6 +82,18 @@ impl PolicyClass {
     /// Whether dry-run, AUDIT or delegated CUSTOM rules are evaluated besides the verdict.
     pub fn observes(&self) -> bool {
         self.observed.is_some() || self.observed_deny.is_some()
+    }
+
+    /// The key this class was built for: its applicable policies (by address) and `conflicting`.
+    pub fn key(&self) -> ClassKey {
+        ClassKey {
+            policies: self
+                .applicable
+                .iter()
+                .map(|ap| Arc::as_ptr(ap) as usize)
+                .collect(),
+            conflicting: self.conflicting,
+        }
     }
 
     /// The origin of one of this class's Cedar policies (none for the Istio default permit).
@@ -322,8 +336,6 @@ pub struct Snapshot {
     /// Each class by its key, so that the next snapshot can take over the classes whose
     /// policies did not change (see [`Snapshot::build_reusing`]).
     pub(crate) class_keys: Arc<HashMap<ClassKey, usize>>,
-    /// The key of each class, by index (the reverse of `class_keys`).
-    pub(crate) keys_of_classes: Arc<Vec<ClassKey>>,
     /// Keys of inline `jwks`, by provider (source key, rule index).
     pub(crate) inline_keys: Arc<HashMap<(ResourceKey, usize), Arc<KeySet>>>,
     /// Keys fetched from `jwksUri` by the host, by URI. Replaced with [`Snapshot::with_remote_keys`].
@@ -445,7 +457,6 @@ impl Snapshot {
         };
         let names = VocabularyLiterals::new(&compiled.vocabulary);
         let mut classes: Vec<Arc<PolicyClass>> = Vec::new();
-        let mut keys_of_classes: Vec<ClassKey> = Vec::new();
         let mut class_index: HashMap<ClassKey, usize> = HashMap::new();
         let mut workloads = HashMap::new();
         let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
@@ -463,7 +474,7 @@ impl Snapshot {
                 .filter(|_| unchanged_namespace(&w.namespace))
                 .and_then(|p| {
                     let before = p.workloads.get(&workload_key)?;
-                    (before.workload == *w).then(|| p.keys_of_classes.get(before.class).cloned())?
+                    (before.workload == *w).then(|| p.classes.get(before.class).map(|c| c.key()))?
                 });
             let (key, applicable) = match kept_key {
                 Some(key) => (key, Vec::new()),
@@ -504,7 +515,6 @@ impl Snapshot {
                         }
                     };
                     classes.push(class);
-                    keys_of_classes.push(key.clone());
                     class_index.insert(key, classes.len() - 1);
                     classes.len() - 1
                 }
@@ -587,7 +597,6 @@ impl Snapshot {
             workloads: Arc::new(workloads),
             classes: Arc::new(classes),
             class_keys: Arc::new(class_index),
-            keys_of_classes: Arc::new(keys_of_classes),
             inline_keys: Arc::new(inline_keys),
             remote_keys: Arc::new(HashMap::new()),
             action,
@@ -852,6 +861,7 @@ fn build_class(
     }
     meta.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     Ok(PolicyClass {
+        conflicting,
         meta,
         allow_policies,
         needs,
