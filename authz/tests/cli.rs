@@ -133,6 +133,57 @@ cases:
     assert!(!stdout(&o).contains("PASS"), "{}", stdout(&o));
 }
 
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is an IPv6 address to every block, as in
+/// Envoy's CIDR matching: a policy may name such a block, a peer may have such an address, and
+/// neither fails the file or the decision.
+#[test]
+fn ipv4_mapped_addresses_compare_as_ipv6() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        dir.path(),
+        "mapped.yaml",
+        r#"
+workloads:
+  - {namespace: foo, name: deny-mapped, labels: {app: deny-mapped}}
+  - {namespace: foo, name: allow-v4, labels: {app: allow-v4}}
+policies:
+  - |
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: deny-mapped, namespace: foo}
+    spec:
+      selector: {matchLabels: {app: deny-mapped}}
+      action: DENY
+      rules: [{from: [{source: {ipBlocks: ["::ffff:10.0.0.0/104"]}}]}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: allow-v4, namespace: foo}
+    spec:
+      selector: {matchLabels: {app: allow-v4}}
+      rules: [{from: [{source: {remoteIpBlocks: ["10.0.0.0/8"]}}]}]
+cases:
+  - name: a mapped peer inside the mapped block is denied
+    request: {workload: foo/deny-mapped, source: {ip: "::ffff:10.0.0.9"}}
+    expect: DENY
+    policy: foo/deny-mapped
+  - name: the IPv4 peer of the same address is outside an IPv6 block
+    request: {workload: foo/deny-mapped, source: {ip: 10.0.0.9}}
+    expect: ALLOW
+  - name: a mapped client is outside an IPv4 block
+    request: {workload: foo/allow-v4, remoteIp: "::ffff:10.0.0.9"}
+    expect: DENY
+  - name: the IPv4 client is inside it
+    request: {workload: foo/allow-v4, remoteIp: 10.0.0.9}
+    expect: ALLOW
+    policy: foo/allow-v4
+"#,
+    );
+    let o = meshauthz(&["test", f.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    assert_eq!(totals(&o), (4, 0));
+}
+
 #[test]
 fn unknown_key_in_a_test_file_is_unusable() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,6 +33,33 @@
 //! For claims, empty elements are left out and the attribute is absent when nothing remains, so
 //! the presence pattern `*` ("a non-empty value") is `has`.
 
+use std::net::IpAddr;
+
+/// An address as the argument of Cedar's `ip()`. Cedar refuses IPv6 text with an embedded
+/// IPv4 part (`::ffff:192.0.2.1`, how `Ipv6Addr` displays an IPv4-mapped address), so such an
+/// address is written as its eight hex groups. It stays IPv6: outside every IPv4 block, inside
+/// an IPv6 block such as `::ffff:10.0.0.0/104`, which is how Envoy compares it (a CIDR range
+/// matches only addresses of its own version). Envoy reports an IPv4 peer of a dual-stack
+/// socket as IPv4, so a mapped address is the rare case; it must neither fail a decision nor
+/// make a policy that names one uncompilable.
+pub fn cedar_ip(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V6(v6) if v6.to_string().contains('.') => {
+            let g = v6.segments();
+            format!(
+                "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}",
+                g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]
+            )
+        }
+        _ => addr.to_string(),
+    }
+}
+
+/// A CIDR range as the argument of Cedar's `ip()` (see [`cedar_ip`]).
+pub fn cedar_ip_range(net: ipnet::IpNet) -> String {
+    format!("{}/{}", cedar_ip(net.addr()), net.prefix_len())
+}
+
 /// A `when` condition key, parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum WhenKey {

@@ -1647,7 +1647,7 @@ fn ip_match(guard: &str, attr: &str, values: &[String]) -> Expr {
         let Some(net) = net else { continue };
         alts.push(Expr::atom(format!(
             "{attr}.isInRange(ip({}))",
-            string_lit(&net.to_string())
+            string_lit(&crate::attributes::cedar_ip_range(net))
         )));
     }
     Expr::and([Expr::atom(guard), Expr::or(alts)])

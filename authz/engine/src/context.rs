@@ -18,7 +18,7 @@ use cedar_policy::{EntityId, EntityUid, Request, RestrictedExpression};
 use cedar_policy_core::ast;
 use cedar_policy_core::evaluator::RestrictedEvaluator;
 use cedar_policy_core::extensions::Extensions;
-use policy_compiler::attributes::encode_values;
+use policy_compiler::attributes::{cedar_ip, encode_values};
 use policy_compiler::uri_template::template_matches;
 
 use crate::attrs::{spiffe_trust_domain, Protocol, RequestAttrs};
@@ -73,7 +73,7 @@ impl ValueMaker for Direct {
             if memo.len() >= IP_MEMO_MAX {
                 memo.clear();
             }
-            let call = RestrictedExpression::new_ip(addr.to_string());
+            let call = RestrictedExpression::new_ip(cedar_ip(addr));
             let value = RestrictedEvaluator::new(Extensions::all_available())
                 .interpret(call.as_ref().as_borrowed())
                 .map_err(|e| format!("ip value {addr}: {e}"))?;
@@ -128,7 +128,7 @@ impl ValueMaker for Evaluated {
     }
 
     fn ip(&self, addr: IpAddr) -> Result<RestrictedExpression, String> {
-        Ok(RestrictedExpression::new_ip(addr.to_string()))
+        Ok(RestrictedExpression::new_ip(cedar_ip(addr)))
     }
 
     fn set(&self, items: Vec<RestrictedExpression>) -> RestrictedExpression {
@@ -504,8 +504,8 @@ mod tests {
         }
         assert_eq!(compared, 36);
 
-        // An IPv4-mapped IPv6 address is no Cedar `ipaddr`: both ways refuse it (the decision
-        // then denies with an evaluation error).
+        // An IPv4-mapped IPv6 address is written so that Cedar takes it (as IPv6): both ways
+        // make the same context.
         let mapped = RequestAttrs {
             remote_ip: Some("::ffff:192.0.2.1".parse().unwrap()),
             ..requests()[2].clone()
@@ -517,7 +517,8 @@ mod tests {
             claims: None,
         };
         let needs = every_need();
-        assert!(build_request_with(&Direct, &snapshot, state, &inputs, &needs).is_err());
-        assert!(build_request_with(&Evaluated, &snapshot, state, &inputs, &needs).is_err());
+        let ours = build_request_with(&Direct, &snapshot, state, &inputs, &needs).unwrap();
+        let cedar = build_request_with(&Evaluated, &snapshot, state, &inputs, &needs).unwrap();
+        assert_eq!(ours.context(), cedar.context());
     }
 }
