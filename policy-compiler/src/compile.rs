@@ -458,7 +458,9 @@ pub struct RequestAuthn {
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub mesh: MeshConfig,
-    pub workloads: Vec<Workload>,
+    /// In key order, unique. Shared with the caller when it already held them so (the
+    /// Kubernetes index, whose workloads change only with pods).
+    pub workloads: std::sync::Arc<Vec<Workload>>,
     /// Shared with the compile cache: a recompile after one change copies pointers, not 10,000
     /// compiled policies.
     pub authorization: Vec<std::sync::Arc<AuthzPolicy>>,
@@ -477,7 +479,8 @@ pub fn compile(
     mesh: &MeshConfig,
     extra_workloads: &[Workload],
 ) -> Result<Compiled, Vec<LoadError>> {
-    compile_with(&InputsRef::of(inputs), mesh, extra_workloads, None)
+    let extra = std::sync::Arc::new(extra_workloads.to_vec());
+    compile_with(&InputsRef::of(inputs), mesh, &extra, None)
 }
 
 /// What [`compile`] reads, borrowed from wherever the caller keeps its resources (the
@@ -547,7 +550,7 @@ struct CacheEntry {
 pub fn compile_cached(
     inputs: &InputsRef<'_>,
     mesh: &MeshConfig,
-    extra_workloads: &[Workload],
+    extra_workloads: &std::sync::Arc<Vec<Workload>>,
     cache: &mut CompileCache,
 ) -> Result<Compiled, Vec<LoadError>> {
     compile_with(inputs, mesh, extra_workloads, Some(cache))
@@ -599,7 +602,7 @@ fn merge_vocabulary(into: &mut Vocabulary, from: &Vocabulary) {
 fn compile_with(
     inputs: &InputsRef<'_>,
     mesh: &MeshConfig,
-    extra_workloads: &[Workload],
+    extra_workloads: &std::sync::Arc<Vec<Workload>>,
     mut cache: Option<&mut CompileCache>,
 ) -> Result<Compiled, Vec<LoadError>> {
     let mut vocabulary = Vocabulary::default();
@@ -689,17 +692,23 @@ fn compile_with(
         .collect();
     request.sort_by(|a, b| a.key.cmp(&b.key));
 
-    let mut workloads: Vec<Workload> = extra_workloads.to_vec();
-    let mut keys: std::collections::HashSet<(&str, &str)> = extra_workloads
-        .iter()
-        .map(|w| (w.namespace.as_str(), w.name.as_str()))
-        .collect();
-    for w in &inputs.workloads {
-        if keys.insert((w.namespace.as_str(), w.name.as_str())) {
-            workloads.push((*w).clone());
+    let in_order = |ws: &[Workload]| ws.windows(2).all(|p| p[0].key_cmp(&p[1]).is_lt());
+    let workloads = if inputs.workloads.is_empty() && in_order(extra_workloads) {
+        extra_workloads.clone()
+    } else {
+        let mut workloads: Vec<Workload> = extra_workloads.to_vec();
+        let mut keys: std::collections::HashSet<(&str, &str)> = extra_workloads
+            .iter()
+            .map(|w| (w.namespace.as_str(), w.name.as_str()))
+            .collect();
+        for w in &inputs.workloads {
+            if keys.insert((w.namespace.as_str(), w.name.as_str())) {
+                workloads.push((*w).clone());
+            }
         }
-    }
-    workloads.sort_by_cached_key(Workload::key);
+        workloads.sort_by_cached_key(Workload::key);
+        std::sync::Arc::new(workloads)
+    };
 
     let schema_text = schema::render(&vocabulary);
     let schema = match cedar_policy::Schema::from_cedarschema_str(&schema_text) {
@@ -740,10 +749,18 @@ fn compile_with(
                 .iter()
                 .zip(&prints)
                 .filter(|(_, print)| !cache.validated.contains(*print))
-                .map(|(ap, _)| &**ap);
-            let errors = compiled.validate_policies(fresh);
+                .map(|(ap, print)| (&**ap, *print));
+            let fresh: Vec<(&AuthzPolicy, u64)> = fresh.collect();
+            let errors = compiled.validate_policies(fresh.iter().map(|(ap, _)| *ap));
             if errors.is_empty() {
-                cache.validated = prints.into_iter().collect();
+                // Prints of policies gone since stay until the set is twice the estate (a
+                // stale print is still a fact: that content validated under this schema).
+                if cache.validated.len() > 2 * prints.len() + 64 {
+                    cache.validated = prints.iter().copied().collect();
+                }
+                cache
+                    .validated
+                    .extend(fresh.iter().map(|(_, print)| *print));
             }
             errors
         }

@@ -149,6 +149,16 @@ impl Workload {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// The order of [`Workload::key`], without making the keys.
+    pub fn key_cmp(&self, other: &Workload) -> std::cmp::Ordering {
+        fn key(w: &Workload) -> impl Iterator<Item = u8> + '_ {
+            (w.namespace.bytes())
+                .chain(std::iter::once(b'/'))
+                .chain(w.name.bytes())
+        }
+        key(self).cmp(key(other))
+    }
 }
 
 /// The `--mesh FILE` format: the `mesh:` and `workloads:` sections of a test file.

@@ -56,7 +56,13 @@ fn cached_compiles_equal_fresh_ones_in_any_order() {
     for i in order {
         let (name, inputs) = &cases[i];
         let fresh = compile(inputs, &mesh, &[]).unwrap();
-        let cached = compile_cached(&InputsRef::of(inputs), &mesh, &[], &mut cache).unwrap();
+        let cached = compile_cached(
+            &InputsRef::of(inputs),
+            &mesh,
+            &Default::default(),
+            &mut cache,
+        )
+        .unwrap();
         assert_eq!(observable(&cached), observable(&fresh), "{name}");
     }
 }
@@ -75,7 +81,13 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
     }
     let mut cache = CompileCache::default();
     let mesh = MeshConfig::default();
-    compile_cached(&InputsRef::of(&inputs), &mesh, &[], &mut cache).unwrap();
+    compile_cached(
+        &InputsRef::of(&inputs),
+        &mesh,
+        &Default::default(),
+        &mut cache,
+    )
+    .unwrap();
 
     // One rule's path changes.
     let mut changed = inputs.clone();
@@ -86,7 +98,13 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         .unwrap();
     ap.spec.rules.as_mut().unwrap().truncate(0);
     let fresh = compile(&changed, &mesh, &[]).unwrap();
-    let cached = compile_cached(&InputsRef::of(&changed), &mesh, &[], &mut cache).unwrap();
+    let cached = compile_cached(
+        &InputsRef::of(&changed),
+        &mesh,
+        &Default::default(),
+        &mut cache,
+    )
+    .unwrap();
     assert_eq!(observable(&cached), observable(&fresh));
 
     // An annotation (dry-run) changes the policy; a new resourceVersion does not, and still
@@ -101,7 +119,13 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         .insert("istio.io/dry-run".into(), "true".into());
     dry.meta.resource_version = Some("42".into());
     let fresh = compile(&changed, &mesh, &[]).unwrap();
-    let cached = compile_cached(&InputsRef::of(&changed), &mesh, &[], &mut cache).unwrap();
+    let cached = compile_cached(
+        &InputsRef::of(&changed),
+        &mesh,
+        &Default::default(),
+        &mut cache,
+    )
+    .unwrap();
     assert!(fresh.cedar_text().contains("dry-run"));
     assert_eq!(observable(&cached), observable(&fresh));
 
@@ -111,6 +135,12 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         ..MeshConfig::default()
     };
     let fresh = compile(&changed, &other, &[]).unwrap();
-    let cached = compile_cached(&InputsRef::of(&changed), &other, &[], &mut cache).unwrap();
+    let cached = compile_cached(
+        &InputsRef::of(&changed),
+        &other,
+        &Default::default(),
+        &mut cache,
+    )
+    .unwrap();
     assert_eq!(observable(&cached), observable(&fresh));
 }

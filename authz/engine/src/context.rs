@@ -463,7 +463,7 @@ mod tests {
     #[test]
     fn direct_values_equal_cedar_evaluated_ones() {
         let snapshot = snapshot();
-        let state = &snapshot.workloads["foo/web"];
+        let state = snapshot.state("foo/web").unwrap();
         let claims = json!({
             "iss": "https://issuer.example", "sub": "user-1", "azp": "app",
             "aud": ["a1", "a2"], "groups": "admins",

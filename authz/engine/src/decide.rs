@@ -210,7 +210,7 @@ pub fn decide_with(
     tokens: &dyn crate::cache::TokenCache,
 ) -> Decision {
     let generation = snapshot.generation;
-    let Some(state) = snapshot.workloads.get(&req.workload) else {
+    let Some(state) = snapshot.state(&req.workload) else {
         let mut d = Decision::new(Verdict::Deny, Reason::UnknownWorkload, generation);
         d.errors
             .push(format!("unknown workload `{}`", req.workload));
@@ -616,7 +616,7 @@ pub struct RuleExplanation {
 /// Explains which conditions of each applicable rule held for `req` (same context as
 /// [`decide`], JWT claims included when valid). Not on the request path.
 pub fn explain(snapshot: &Snapshot, req: &RequestAttrs) -> Vec<RuleExplanation> {
-    let Some(state) = snapshot.workloads.get(&req.workload) else {
+    let Some(state) = snapshot.state(&req.workload) else {
         return Vec::new();
     };
     let Some(class) = snapshot.classes.get(state.class) else {
@@ -675,7 +675,7 @@ pub fn cedar_request(snapshot: &Snapshot, req: &RequestAttrs) -> Option<Request>
 }
 
 fn state_of<'s>(snapshot: &'s Snapshot, req: &RequestAttrs) -> Option<&'s WorkloadState> {
-    snapshot.workloads.get(&req.workload)
+    snapshot.state(&req.workload)
 }
 
 /// The request with every attribute of the vocabulary (explanations and baselines, not the

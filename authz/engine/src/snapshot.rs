@@ -2,9 +2,11 @@
 //! shared by `Arc`, swapped whole by hosts.
 //!
 //! State owned: the Cedar entities (one `Mesh::Workload` per workload, labels as tags), the
-//! per-workload tables (policy class, PeerAuthentication modes, JWT providers) and the policy
-//! classes: workloads with the same applicable AuthorizationPolicies share one set of compiled
-//! Cedar policy sets, so thousands of workloads cost a handful of sets.
+//! per-workload tables (policy class, PeerAuthentication modes, JWT providers; by position in
+//! the compiled workloads, found by key, IP or service account through tables that the next
+//! snapshot takes over while the workloads are the same) and the policy classes: workloads with
+//! the same applicable AuthorizationPolicies share one set of compiled Cedar policy sets, so
+//! thousands of workloads cost a handful of sets.
 //!
 //! ```text
 //! workload "foo/httpbin" --> WorkloadState { class, mtls, jwt providers }
@@ -311,9 +313,10 @@ impl PeerMtls {
     }
 }
 
+/// What a decision needs of its workload, by the workload's position in
+/// `compiled.workloads` (rebuilt per snapshot: the class numbers change).
 #[derive(Debug, Clone)]
 pub(crate) struct WorkloadState {
-    pub workload: Workload,
     pub uid: EntityUid,
     pub class: usize,
     pub mtls: PeerMtls,
@@ -322,16 +325,60 @@ pub(crate) struct WorkloadState {
     pub providers: Arc<Vec<JwtProvider>>,
 }
 
+/// What depends on the workloads alone, taken over by the next snapshot while they are the same
+/// (`compiled.workloads`, shared by `Arc` while no pod changed).
+#[derive(Debug)]
+pub(crate) struct WorkloadTables {
+    /// Workload key -> position in `compiled.workloads`.
+    index: HashMap<String, usize>,
+    /// Positions in `compiled.workloads` (so in key order) by IP and by (namespace, service
+    /// account).
+    by_ip: HashMap<IpAddr, Vec<usize>>,
+    by_service_account: HashMap<(String, String), Vec<usize>>,
+    /// Each workload's Cedar uid, by position.
+    uids: Vec<EntityUid>,
+}
+
+impl WorkloadTables {
+    fn new(workloads: &[Workload], workload_type: &EntityTypeName) -> WorkloadTables {
+        let mut tables = WorkloadTables {
+            index: HashMap::with_capacity(workloads.len()),
+            by_ip: HashMap::new(),
+            by_service_account: HashMap::new(),
+            uids: Vec::with_capacity(workloads.len()),
+        };
+        for (i, w) in workloads.iter().enumerate() {
+            let key = w.key();
+            tables.uids.push(EntityUid::from_type_name_and_id(
+                workload_type.clone(),
+                EntityId::new(&key),
+            ));
+            tables.index.insert(key, i);
+            for ip in &w.ips {
+                tables.by_ip.entry(*ip).or_default().push(i);
+            }
+            tables
+                .by_service_account
+                .entry((w.namespace.clone(), w.service_account.clone()))
+                .or_default()
+                .push(i);
+        }
+        for positions in (tables.by_ip.values_mut()).chain(tables.by_service_account.values_mut()) {
+            positions.dedup();
+        }
+        tables
+    }
+}
+
 /// One generation of compiled, indexed policy.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub generation: u64,
     pub(crate) compiled: Arc<Compiled>,
     pub(crate) entities: Arc<Entities>,
-    pub(crate) workloads: Arc<HashMap<String, WorkloadState>>,
-    /// Workload keys by IP and by (namespace, service account), sorted.
-    pub(crate) by_ip: Arc<HashMap<IpAddr, Vec<String>>>,
-    pub(crate) by_service_account: Arc<HashMap<(String, String), Vec<String>>>,
+    /// Parallel to `compiled.workloads`.
+    pub(crate) workload_states: Arc<Vec<WorkloadState>>,
+    pub(crate) workload_tables: Arc<WorkloadTables>,
     pub(crate) classes: Arc<Vec<Arc<PolicyClass>>>,
     /// Each class by its key, so that the next snapshot can take over the classes whose
     /// policies did not change (see [`Snapshot::build_reusing`]).
@@ -380,12 +427,20 @@ impl Snapshot {
 
         // Entities: namespaces and workloads; the previous snapshot's when neither the
         // workloads nor the schema they are checked against changed (a policy change).
+        // The same workloads are most often the very same `Arc` (no pod changed).
+        let same_workloads = |p: &&Snapshot| {
+            Arc::ptr_eq(&p.compiled.workloads, &compiled.workloads)
+                || p.compiled.workloads == compiled.workloads
+        };
         let unchanged_entities = previous
-            .filter(|p| {
-                p.compiled.workloads == compiled.workloads
-                    && p.compiled.schema_text == compiled.schema_text
-            })
+            .filter(|p| same_workloads(p) && p.compiled.schema_text == compiled.schema_text)
             .map(|p| p.entities.clone());
+        let tables = match previous.filter(same_workloads) {
+            Some(p) => p.workload_tables.clone(),
+            None => Arc::new(WorkloadTables::new(&compiled.workloads, &workload_type)),
+        };
+        // Whether a workload's position names the same workload in `previous`.
+        let same_positions = previous.is_some_and(|p| same_workloads(&p));
         let mut entities = Vec::new();
         if unchanged_entities.is_none() {
             let mut namespaces: Vec<&str> = compiled
@@ -458,14 +513,11 @@ impl Snapshot {
         let names = VocabularyLiterals::new(&compiled.vocabulary);
         let mut classes: Vec<Arc<PolicyClass>> = Vec::new();
         let mut class_index: HashMap<ClassKey, usize> = HashMap::new();
-        let mut workloads = HashMap::new();
+        // Sized up front: grown from empty, the rehashes copy every (large) entry several times.
+        let mut states = Vec::with_capacity(compiled.workloads.len());
         let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
-        for w in &compiled.workloads {
-            let workload_key = w.key();
-            let uid = EntityUid::from_type_name_and_id(
-                workload_type.clone(),
-                EntityId::new(&workload_key),
-            );
+        for (position, w) in compiled.workloads.iter().enumerate() {
+            let uid = tables.uids[position].clone();
             if unchanged_entities.is_none() {
                 entities.push(workload_entity(w, uid.clone(), &namespace_type)?);
             }
@@ -473,8 +525,14 @@ impl Snapshot {
             let kept_key = previous
                 .filter(|_| unchanged_namespace(&w.namespace))
                 .and_then(|p| {
-                    let before = p.workloads.get(&workload_key)?;
-                    (before.workload == *w).then(|| p.classes.get(before.class).map(|c| c.key()))?
+                    let before = if same_positions {
+                        position
+                    } else {
+                        let before = *p.workload_tables.index.get(&w.key())?;
+                        (p.compiled.workloads.get(before)? == w).then_some(before)?
+                    };
+                    let class = p.workload_states.get(before)?.class;
+                    p.classes.get(class).map(|c| c.key())
                 });
             let (key, applicable) = match kept_key {
                 Some(key) => (key, Vec::new()),
@@ -540,16 +598,12 @@ impl Snapshot {
                     Arc::new(list)
                 })
                 .clone();
-            workloads.insert(
-                workload_key,
-                WorkloadState {
-                    workload: w.clone(),
-                    uid,
-                    class,
-                    mtls: peer_mtls(&compiled.peer, w),
-                    providers: jwt,
-                },
-            );
+            states.push(WorkloadState {
+                uid,
+                class,
+                mtls: peer_mtls(&compiled.peer, w),
+                providers: jwt,
+            });
         }
         let entities = match unchanged_entities {
             Some(entities) => entities,
@@ -572,29 +626,12 @@ impl Snapshot {
             }
         }
 
-        let mut by_ip: HashMap<IpAddr, Vec<String>> = HashMap::new();
-        let mut by_service_account: HashMap<(String, String), Vec<String>> = HashMap::new();
-        for w in &compiled.workloads {
-            for ip in &w.ips {
-                by_ip.entry(*ip).or_default().push(w.key());
-            }
-            by_service_account
-                .entry((w.namespace.clone(), w.service_account.clone()))
-                .or_default()
-                .push(w.key());
-        }
-        for keys in by_ip.values_mut().chain(by_service_account.values_mut()) {
-            keys.sort();
-            keys.dedup();
-        }
-
         Ok(Snapshot {
             generation,
-            by_ip: Arc::new(by_ip),
-            by_service_account: Arc::new(by_service_account),
             compiled: Arc::new(compiled),
             entities,
-            workloads: Arc::new(workloads),
+            workload_states: Arc::new(states),
+            workload_tables: tables,
             classes: Arc::new(classes),
             class_keys: Arc::new(class_index),
             inline_keys: Arc::new(inline_keys),
@@ -636,12 +673,19 @@ impl Snapshot {
     }
 
     pub fn workload(&self, key: &str) -> Option<&Workload> {
-        self.workloads.get(key).map(|w| &w.workload)
+        let position = *self.workload_tables.index.get(key)?;
+        self.compiled.workloads.get(position)
+    }
+
+    /// What a decision needs of workload `key`.
+    pub(crate) fn state(&self, key: &str) -> Option<&WorkloadState> {
+        let position = *self.workload_tables.index.get(key)?;
+        self.workload_states.get(position)
     }
 
     /// Workloads whose `ips` include `ip` (the ext_authz destination lookup), sorted by key.
     pub fn workloads_by_ip(&self, ip: IpAddr) -> Vec<&Workload> {
-        self.lookup(self.by_ip.get(&ip))
+        self.lookup(self.workload_tables.by_ip.get(&ip))
     }
 
     /// Workloads in `namespace` running as `service_account` (the destination-principal
@@ -652,23 +696,24 @@ impl Snapshot {
         service_account: &str,
     ) -> Vec<&Workload> {
         self.lookup(
-            self.by_service_account
+            self.workload_tables
+                .by_service_account
                 .get(&(namespace.to_string(), service_account.to_string())),
         )
     }
 
-    fn lookup(&self, keys: Option<&Vec<String>>) -> Vec<&Workload> {
-        keys.into_iter()
+    fn lookup(&self, positions: Option<&Vec<usize>>) -> Vec<&Workload> {
+        positions
+            .into_iter()
             .flatten()
-            .filter_map(|k| self.workload(k))
+            .filter_map(|i| self.compiled.workloads.get(*i))
             .collect()
     }
 
     /// The `jwksUri`s of the RequestAuthentications that select `workload`.
     pub fn jwks_uris_for(&self, workload: &str) -> Vec<String> {
         let mut uris: Vec<String> = self
-            .workloads
-            .get(workload)
+            .state(workload)
             .into_iter()
             .flat_map(|w| w.providers.iter().filter_map(|p| p.jwks_uri.clone()))
             .collect();
@@ -990,11 +1035,17 @@ mod reuse_tests {
             .collect()
     }
 
+    /// Compiled with a list of workloads of its own (not in key order: the compiler sorts a
+    /// copy).
     fn compiled(text: &str, cache: &mut CompileCache) -> Compiled {
-        compiled_for(text, &workloads(), cache)
+        compiled_for(text, &Arc::new(workloads()), cache)
     }
 
-    fn compiled_for(text: &str, workloads: &[Workload], cache: &mut CompileCache) -> Compiled {
+    fn compiled_for(
+        text: &str,
+        workloads: &Arc<Vec<Workload>>,
+        cache: &mut CompileCache,
+    ) -> Compiled {
         let mut inputs = Inputs::default();
         assert!(inputs.load_str("p.yaml", text).is_empty());
         compile_cached(
@@ -1070,7 +1121,7 @@ mod reuse_tests {
             name: "c".into(),
             ..changed[0].clone()
         });
-        let workload_change = compiled_for(&policies("/v2/*"), &changed, &mut cache);
+        let workload_change = compiled_for(&policies("/v2/*"), &Arc::new(changed), &mut cache);
         let fresh = Snapshot::build(workload_change.clone(), 3).unwrap();
         let third = Snapshot::build_reusing(workload_change, 3, Some(&second)).unwrap();
         assert!(!Arc::ptr_eq(&second.entities, &third.entities));
@@ -1096,7 +1147,7 @@ mod reuse_tests {
         let fresh = Snapshot::build(next.clone(), 2).unwrap();
         let reused = Snapshot::build_reusing(next, 2, Some(&first)).unwrap();
 
-        let class_of = |s: &Snapshot, w: &str| s.classes[s.workloads[w].class].clone();
+        let class_of = |s: &Snapshot, w: &str| s.classes[s.state(w).unwrap().class].clone();
         for w in ["foo/b", "bar/a", "bar/b"] {
             assert!(
                 Arc::ptr_eq(&class_of(&first, w), &class_of(&reused, w)),
@@ -1108,28 +1159,7 @@ mod reuse_tests {
             &class_of(&reused, "foo/a")
         ));
 
-        for w in ["foo/a", "foo/b", "bar/a", "bar/b"] {
-            for path in ["/v1/x", "/v2/x", "/admin/x", "/debug", "/"] {
-                for port in [8080, 9090] {
-                    for protocol in [Protocol::Http, Protocol::Tcp] {
-                        let req = RequestAttrs {
-                            workload: w.into(),
-                            protocol,
-                            destination_port: port,
-                            method: "GET".into(),
-                            path: path.into(),
-                            ..RequestAttrs::default()
-                        };
-                        let (a, b) = (decide(&reused, &req), decide(&fresh, &req));
-                        assert_eq!(
-                            (a.verdict, &a.reason, &a.determining),
-                            (b.verdict, &b.reason, &b.determining),
-                            "{w} {protocol:?} {port} {path}"
-                        );
-                    }
-                }
-            }
-        }
+        assert_decide_alike(&reused, &fresh, &["foo/a", "foo/b", "bar/a", "bar/b"]);
         // The change itself is enforced.
         let req = |path: &str| RequestAttrs {
             workload: "foo/a".into(),
@@ -1143,5 +1173,87 @@ mod reuse_tests {
             crate::Verdict::Allow
         );
         assert_eq!(decide(&reused, &req("/v1/x")).verdict, crate::Verdict::Deny);
+    }
+
+    /// The same decisions (verdict, reason, determining policies) for a matrix of requests to
+    /// each of `workloads`.
+    fn assert_decide_alike(reused: &Snapshot, fresh: &Snapshot, workloads: &[&str]) {
+        for w in workloads {
+            for path in ["/v1/x", "/v2/x", "/admin/x", "/debug", "/"] {
+                for port in [8080, 9090] {
+                    for protocol in [Protocol::Http, Protocol::Tcp] {
+                        let req = RequestAttrs {
+                            workload: (*w).into(),
+                            protocol,
+                            destination_port: port,
+                            method: "GET".into(),
+                            path: path.into(),
+                            ..RequestAttrs::default()
+                        };
+                        let (a, b) = (decide(reused, &req), decide(fresh, &req));
+                        assert_eq!(
+                            (a.verdict, &a.reason, &a.determining),
+                            (b.verdict, &b.reason, &b.determining),
+                            "{w} {protocol:?} {port} {path}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// While no pod changes, the compiled workloads are the caller's very list and the
+    /// snapshot's workload tables are taken over; when one is added in front of the others,
+    /// the previous snapshot is read by key, not by position.
+    #[test]
+    fn shared_workloads_keep_their_tables_and_shifted_ones_are_found_by_key() {
+        let mut cache = CompileCache::default();
+        let mut list = workloads();
+        list[0].ips = vec!["10.0.0.1".parse().unwrap()];
+        list.sort_by(Workload::key_cmp);
+        let shared = Arc::new(list.clone());
+        let first =
+            Snapshot::build(compiled_for(&policies("/v1/*"), &shared, &mut cache), 1).unwrap();
+        assert!(Arc::ptr_eq(&first.compiled.workloads, &shared));
+        let next = compiled_for(&policies("/v2/*"), &shared, &mut cache);
+        let fresh = Snapshot::build(next.clone(), 2).unwrap();
+        let second = Snapshot::build_reusing(next, 2, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&first.workload_tables, &second.workload_tables));
+        let all = ["foo/a", "foo/b", "bar/a", "bar/b"];
+        assert_decide_alike(&second, &fresh, &all);
+
+        // `bar/0` sorts before every other workload: each of them moves one position on.
+        list.insert(
+            0,
+            Workload {
+                name: "0".into(),
+                ips: vec!["10.0.0.9".parse().unwrap()],
+                ..list[0].clone()
+            },
+        );
+        let moved = compiled_for(&policies("/v2/*"), &Arc::new(list), &mut cache);
+        let fresh = Snapshot::build(moved.clone(), 3).unwrap();
+        let third = Snapshot::build_reusing(moved, 3, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &second.workload_tables,
+            &third.workload_tables
+        ));
+        assert_decide_alike(
+            &third,
+            &fresh,
+            &["bar/0", "foo/a", "foo/b", "bar/a", "bar/b"],
+        );
+        let by_ip = |s: &Snapshot, ip: &str| -> Vec<String> {
+            s.workloads_by_ip(ip.parse().unwrap())
+                .iter()
+                .map(|w| w.key())
+                .collect()
+        };
+        assert_eq!(by_ip(&third, "10.0.0.1"), ["foo/a"]);
+        assert_eq!(by_ip(&third, "10.0.0.9"), ["bar/0"]);
+        assert_eq!(
+            third.workload("bar/a").map(Workload::key).as_deref(),
+            Some("bar/a")
+        );
     }
 }

@@ -142,9 +142,11 @@ struct Entry {
     raw: Value,
     /// What the compiler gets: the object itself, or its fallback.
     inputs: Inputs,
-    /// `policy_compiler::compile::content_fingerprint` of each of `inputs.authorization`,
-    /// computed once: an entry never changes, it is replaced.
-    prints: Vec<u64>,
+    /// `policy_compiler::compile::content_fingerprint` of `inputs.authorization` when that is
+    /// one policy (an object is at most one), computed once: an entry never changes, it is
+    /// replaced. Kept inline: a build reads it for every entry, and a heap block per entry is
+    /// a cache miss per entry. `None` otherwise, and the compiler computes what it needs.
+    print: Option<u64>,
     rejected: Option<Rejected>,
 }
 
@@ -155,7 +157,7 @@ pub struct ClusterState {
     pods: BTreeMap<(String, String), Workload>,
     /// `workloads()` of `pods`, made on the first build after a pod changed (most changes are
     /// of policies). Per clone: cleared by every change of `pods`.
-    workloads: std::sync::OnceLock<Vec<Workload>>,
+    workloads: std::sync::OnceLock<std::sync::Arc<Vec<Workload>>>,
     mesh: MeshConfig,
     /// Compiled policies of the previous build, so a change recompiles one object.
     cache: std::sync::Arc<std::sync::Mutex<CompileCache>>,
@@ -357,6 +359,9 @@ impl ClusterState {
                 seen.insert(w.key());
             }
         }
+        // In key order, as the compiler keeps them: it then shares this list instead of
+        // copying it (and the snapshot its tables of workloads) until a pod changes.
+        out.sort_by(Workload::key_cmp);
         out
     }
 
@@ -370,9 +375,11 @@ impl ClusterState {
         // Borrowed: the objects stay where they are (no copy of the estate per change).
         let mut inputs = InputsRef::default();
         for entry in self.policies.values() {
-            inputs.extend_with_prints(&entry.inputs, &entry.prints);
+            inputs.extend_with_prints(&entry.inputs, entry.print.as_slice());
         }
-        let workloads = self.workloads.get_or_init(|| self.workloads());
+        let workloads = self
+            .workloads
+            .get_or_init(|| std::sync::Arc::new(self.workloads()));
         let compiled = {
             let mut cache = self
                 .cache
@@ -471,7 +478,7 @@ fn load_entry(
     if errors.is_empty() {
         return Entry {
             raw: object,
-            prints: prints_of(&inputs),
+            print: print_of(&inputs),
             inputs,
             rejected: None,
         };
@@ -480,7 +487,7 @@ fn load_entry(
         fallback_for(kind, namespace, api_version, &normalized, &source);
     Entry {
         raw: object,
-        prints: prints_of(&inputs),
+        print: print_of(&inputs),
         inputs,
         rejected: Some(Rejected {
             kind,
@@ -493,12 +500,11 @@ fn load_entry(
     }
 }
 
-fn prints_of(inputs: &Inputs) -> Vec<u64> {
-    inputs
-        .authorization
-        .iter()
-        .map(policy_compiler::compile::content_fingerprint)
-        .collect()
+fn print_of(inputs: &Inputs) -> Option<u64> {
+    match inputs.authorization.as_slice() {
+        [one] => Some(policy_compiler::compile::content_fingerprint(one)),
+        _ => None,
+    }
 }
 
 /// Loads one object with the CLI's loader. An object that loads as something other than one

@@ -208,7 +208,7 @@ pub fn compile_inputs_with(
         Some(cache) => policy_compiler::compile::compile_cached(
             &policy_compiler::compile::InputsRef::of(&inputs),
             &mesh,
-            &workloads,
+            &std::sync::Arc::new(workloads),
             cache,
         ),
     }

@@ -570,3 +570,26 @@ fn every_pod_change_reaches_the_next_build() {
     state.apply_pod(&finished);
     assert_eq!(verdict(&state, "foo/sleep-1", "/x", ""), Verdict::Deny);
 }
+
+/// The pods' workloads are made in key order (`a-b/x` before `a/y`, as strings compare), so
+/// that every build while no pod changes compiles this very list instead of a sorted copy.
+#[test]
+fn workloads_are_shared_by_builds_until_a_pod_changes() {
+    let mut state = ClusterState::new(MeshConfig::default());
+    state.apply_pod(&pod("a", "y", "y", "10.0.0.1"));
+    state.apply_pod(&pod("a-b", "x", "x", "10.0.0.2"));
+    let (first, _, _) = state.build(1).unwrap();
+    let keys: Vec<String> = first.compiled().workloads.iter().map(|w| w.key()).collect();
+    assert_eq!(keys, ["a-b/x", "a/y"]);
+    let held = state.workloads.get().unwrap().clone();
+    assert!(std::sync::Arc::ptr_eq(&first.compiled().workloads, &held));
+
+    state.apply_policy(AP, "v1", ap("a", "allow", allow_get(&["/ok"])));
+    let (second, _, _) = state.build(2).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&second.compiled().workloads, &held));
+
+    state.apply_pod(&pod("a", "z", "z", "10.0.0.3"));
+    let (third, _, _) = state.build(3).unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&third.compiled().workloads, &held));
+    assert_eq!(third.compiled().workloads.len(), 3);
+}
