@@ -29,6 +29,7 @@ use crate::resources::{
     PolicyTargetReference, RequestAuthenticationSpec, Rule, Source, WorkloadSelector,
 };
 use crate::schema::{self, Vocabulary};
+use crate::shared_ast::AstInterner;
 use crate::uri_template;
 use crate::validate::parse_go_bool;
 
@@ -537,6 +538,8 @@ pub struct CompileCache {
     vocabularies: std::collections::HashSet<std::sync::Arc<Vocabulary>>,
     schema_text: String,
     validated: std::collections::HashSet<u64>,
+    /// The syntax trees of the cached policies, shared between them.
+    ast: AstInterner,
 }
 
 #[derive(Debug)]
@@ -616,11 +619,13 @@ fn compile_with(
         cache.round += 1;
     }
     let mut merged: std::collections::HashSet<*const Vocabulary> = std::collections::HashSet::new();
+    // Without a cache, the policies of this compile share their syntax trees among themselves.
+    let mut uncached_ast = AstInterner::default();
     let known_prints = (inputs.authorization_prints.len() == inputs.authorization.len())
         .then_some(&inputs.authorization_prints);
     for (i, ap) in inputs.authorization.iter().enumerate() {
         let Some(cache) = cache.as_deref_mut() else {
-            match compile_authorization(ap, mesh, &mut vocabulary) {
+            match compile_authorization(ap, mesh, &mut vocabulary, &mut uncached_ast) {
                 Ok(p) => {
                     authorization.push(std::sync::Arc::new(p));
                     prints.push(0);
@@ -638,7 +643,7 @@ fn compile_with(
             std::collections::hash_map::Entry::Occupied(hit) => hit.into_mut(),
             std::collections::hash_map::Entry::Vacant(miss) => {
                 let mut own = Vocabulary::default();
-                match compile_authorization(ap, mesh, &mut own) {
+                match compile_authorization(ap, mesh, &mut own, &mut cache.ast) {
                     Ok(p) => {
                         let vocabulary = match cache.vocabularies.get(&own) {
                             Some(shared) => shared.clone(),
@@ -674,6 +679,7 @@ fn compile_with(
         cache
             .vocabularies
             .retain(|v| std::sync::Arc::strong_count(v) > 1);
+        cache.ast.prune();
     }
     let mut by_key: Vec<_> = authorization.into_iter().zip(prints).collect();
     by_key.sort_by(|a, b| a.0.key.cmp(&b.0.key));
@@ -885,6 +891,7 @@ fn compile_authorization(
     ap: &Loaded<AuthorizationPolicySpec>,
     mesh: &MeshConfig,
     vocabulary: &mut Vocabulary,
+    ast: &mut AstInterner,
 ) -> Result<AuthzPolicy, Vec<LoadError>> {
     let key = ResourceKey {
         namespace: ap.namespace.clone(),
@@ -996,7 +1003,7 @@ fn compile_authorization(
                     None
                 },
             };
-            match cedar_policy::Policy::parse(Some(cedar_policy::PolicyId::new(&id)), &compact) {
+            match ast.parse(&id, &compact) {
                 Ok(policy) => policies.push(CedarPolicy {
                     id,
                     role,

@@ -19,6 +19,7 @@ pub mod load;
 pub mod mesh;
 pub mod resources;
 pub mod schema;
+pub mod shared_ast;
 pub mod uri_template;
 pub mod validate;
 
