@@ -8,12 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use cedar_policy::{Authorizer, Decision as CedarDecision, PolicySet, Request};
+use cedar_policy::Request;
+use cedar_policy_core::evaluator::Evaluator;
 use policy_compiler::compile::{ResourceKey, Role, DEFAULT_ALLOW_ID};
 use policy_compiler::resources::MtlsMode;
 
 use crate::attrs::{spiffe_trust_domain, Protocol, RequestAttrs, SpiffeError};
 use crate::context::{build_request, ContextInputs};
+use crate::eval::{evaluator, PolicyList, Tally};
 use crate::jwt::{self, AuthnOutcome, JwtError};
 use crate::path::{normalize_path, split_path};
 use crate::snapshot::{ContextNeeds, PolicyClass, Snapshot, WorkloadState};
@@ -285,11 +287,14 @@ pub fn decide_with(
             Ok(r) => r,
             Err(e) => return Some(internal_error(generation, &e)),
         };
-        let resp = Authorizer::new().is_authorized(&request, set, &snapshot.entities);
-        let matched: Vec<PolicyMatch> = resp
-            .diagnostics()
-            .reason()
-            .filter_map(|id| policy_match(class, id.as_ref()))
+        let mut tally = Tally::default();
+        set.evaluate(&evaluator(&request, &snapshot.entities), &mut tally);
+        // A CUSTOM deny that errors is not satisfied here; the same policy is enforced, and
+        // its error denies, at the enforced step.
+        let matched: Vec<PolicyMatch> = tally
+            .forbids
+            .iter()
+            .filter_map(|id| policy_match(class, id))
             .collect();
         (!matched.is_empty()).then(|| {
             let mut d = Decision::new(Verdict::Deny, Reason::CustomDenied, generation);
@@ -341,7 +346,7 @@ pub fn decide_with(
 
     // Only the enforced policies the request can reach (at most two sets, see `EnforcedIndex`),
     // combined as one set would be: forbid overrides permit; reasons are the union.
-    let reached: Vec<&PolicySet> = class
+    let reached: Vec<&PolicyList> = class
         .enforced
         .sets_for(req.protocol, req.destination_port, http.as_deref())
         .collect();
@@ -354,33 +359,23 @@ pub fn decide_with(
             Err(e) => return internal_error(generation, &e),
         }
     };
-    let authorizer = Authorizer::new();
-    let responses: Vec<cedar_policy::Response> = match &request {
-        Some(request) => reached
-            .iter()
-            .map(|set| authorizer.is_authorized(request, set, &snapshot.entities))
-            .collect(),
-        None => Vec::new(),
-    };
-    let errors: Vec<String> = responses
-        .iter()
-        .flat_map(|r| r.diagnostics().errors().map(|e| e.to_string()))
-        .collect();
-    let forbids: Vec<&str> = responses
-        .iter()
-        .filter(|r| r.decision() == CedarDecision::Deny)
-        .flat_map(|r| r.diagnostics().reason().map(|id| id.as_ref()))
-        .collect();
+    let evaluator = request
+        .as_ref()
+        .map(|request| evaluator(request, &snapshot.entities));
+    let mut tally = Tally::default();
+    if let Some(evaluator) = &evaluator {
+        for set in &reached {
+            set.evaluate(evaluator, &mut tally);
+        }
+    }
+    let Tally {
+        permits,
+        forbids,
+        errors,
+    } = tally;
+    // Forbid overrides permit; the reasons are the policies that decided.
     let permitted = forbids.is_empty();
-    let mut reasons: Vec<&str> = if permitted {
-        responses
-            .iter()
-            .filter(|r| r.decision() == CedarDecision::Allow)
-            .flat_map(|r| r.diagnostics().reason().map(|id| id.as_ref()))
-            .collect()
-    } else {
-        forbids
-    };
+    let mut reasons: Vec<&str> = if permitted { permits } else { forbids };
     // Cedar reports reasons as a set; sorted, the same decision always lists them alike.
     reasons.sort_unstable();
 
@@ -431,8 +426,8 @@ pub fn decide_with(
         d
     };
 
-    if let Some(request) = &request {
-        observe(snapshot, class, request, &mut d);
+    if let Some(evaluator) = &evaluator {
+        observe(class, evaluator, &mut d);
     }
     if d.verdict == Verdict::Allow {
         d.request_auth = request_auth;
@@ -454,15 +449,17 @@ fn policy_match(class: &PolicyClass, id: &str) -> Option<PolicyMatch> {
 }
 
 /// Evaluates dry-run, AUDIT and delegated CUSTOM rules; they never change the verdict.
-fn observe(snapshot: &Snapshot, class: &PolicyClass, request: &Request, d: &mut Decision) {
-    let authorizer = Authorizer::new();
-    let matched = |set: &PolicySet, d: &mut Decision| {
-        let resp = authorizer.is_authorized(request, set, &snapshot.entities);
-        for e in resp.diagnostics().errors() {
+fn observe(class: &PolicyClass, evaluator: &Evaluator<'_>, d: &mut Decision) {
+    let matched = |set: &PolicyList, d: &mut Decision| {
+        let mut tally = Tally::default();
+        set.evaluate(evaluator, &mut tally);
+        for e in tally.errors {
             d.errors.push(format!("observed policy: {e}"));
         }
-        for id in resp.diagnostics().reason() {
-            let Some(m) = class.policy_meta(id.as_ref()) else {
+        // Each list holds policies of one effect: the satisfied ones are what Cedar's
+        // authorizer gives as reasons for the set alone.
+        for id in tally.permits.into_iter().chain(tally.forbids) {
+            let Some(m) = class.policy_meta(id) else {
                 continue;
             };
             let pm = m.matched.clone();

@@ -4,7 +4,7 @@
 //! a policy whose condition cannot hold for the request changes no decision: Cedar combines the
 //! others the same way (a forbid that matches still wins, the matching permits are the same).
 //!
-//! State owned: the class's enforced PolicySets, built once per snapshot, never changed.
+//! State owned: the class's enforced policy lists, built once per snapshot, never changed.
 //!
 //! A request is evaluated against at most two sets:
 //! 1. the policies not indexed by path, of its protocol and for its destination port;
@@ -12,50 +12,49 @@
 //!    those indexed under its first segment; or, when its key has no set, those under its
 //!    first segment.
 //!
-//! A policy is copied into every set it can reach. Cedar shares the parsed policy between
-//! copies; only its (short, annotation-free) text is per copy. Sets with the same policies are
-//! one set, shared between the classes of a snapshot build ([`SetInterner`]): the classes of a
-//! namespace reach many of the same namespace-wide and mesh-wide policies.
+//! A policy is listed in every set it can reach (a [`PolicyList`] entry, its syntax tree shared).
+//! Sets with the same policies are one set, shared between the classes of a snapshot build
+//! ([`SetInterner`]): the classes of a namespace reach many of the same namespace-wide and
+//! mesh-wide policies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use cedar_policy::{Policy, PolicySet};
+use cedar_policy::Policy;
 use policy_compiler::compile::{path_first_segment, path_index_key, Form, PathKey, Reach};
 
 use crate::attrs::Protocol;
-use crate::snapshot::SnapshotError;
+use crate::eval::PolicyList;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct EnforcedIndex {
     http: ByPort,
     tcp: ByPort,
     /// Path key -> the policies indexed under it and under its first segment.
-    by_path_key: HashMap<String, Arc<PolicySet>>,
+    by_path_key: HashMap<String, Arc<PolicyList>>,
     /// First segment -> the policies indexed under it, for a path whose key has no set.
-    by_first_segment: HashMap<String, Arc<PolicySet>>,
+    by_first_segment: HashMap<String, Arc<PolicyList>>,
 }
 
 /// Policies not indexed by path, by destination port.
 #[derive(Debug, Clone, Default)]
 struct ByPort {
     /// A port some policy is limited to -> that port's policies and the port-agnostic ones.
-    by_port: HashMap<u16, Arc<PolicySet>>,
+    by_port: HashMap<u16, Arc<PolicyList>>,
     /// The port-agnostic policies: what any other port can reach.
-    other: Arc<PolicySet>,
+    other: Arc<PolicyList>,
 }
 
 /// The policy sets built so far in one snapshot build, by their policies (the addresses of the
-/// compiled policies, which live as long as the build). An empty Cedar `PolicySet` costs little,
-/// one with a policy a few kilobytes (its maps and a copy of the policy's text).
+/// compiled policies, which live as long as the build).
 #[derive(Debug, Default)]
 pub(crate) struct SetInterner {
-    sets: HashMap<Vec<usize>, Arc<PolicySet>>,
+    sets: HashMap<Vec<usize>, Arc<PolicyList>>,
 }
 
 impl SetInterner {
     /// The set of `policies` (each once), shared with every other class that has the same.
-    fn set_of(&mut self, policies: &[&Policy]) -> Result<Arc<PolicySet>, SnapshotError> {
+    fn set_of(&mut self, policies: &[&Policy]) -> Arc<PolicyList> {
         let mut key: Vec<usize> = policies
             .iter()
             .map(|p| std::ptr::from_ref::<Policy>(p) as usize)
@@ -63,15 +62,11 @@ impl SetInterner {
         key.sort_unstable();
         key.dedup();
         if let Some(set) = self.sets.get(&key) {
-            return Ok(set.clone());
+            return set.clone();
         }
-        let mut set = PolicySet::new();
-        for p in policies {
-            add(&mut set, p)?;
-        }
-        let set = Arc::new(set);
+        let set = Arc::new(PolicyList::new(policies.iter().copied()));
         self.sets.insert(key, set.clone());
-        Ok(set)
+        set
     }
 }
 
@@ -79,7 +74,7 @@ impl EnforcedIndex {
     pub fn build<'a>(
         policies: impl IntoIterator<Item = (&'a Policy, &'a Reach)>,
         interner: &mut SetInterner,
-    ) -> Result<EnforcedIndex, SnapshotError> {
+    ) -> EnforcedIndex {
         let mut http: Vec<(&Policy, Option<&[u16]>)> = Vec::new();
         let mut tcp: Vec<(&Policy, Option<&[u16]>)> = Vec::new();
         let mut keyed: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
@@ -110,18 +105,18 @@ impl EnforcedIndex {
         for (key, list) in &keyed {
             let inherited = under.get(path_first_segment(key)).into_iter().flatten();
             let members: Vec<&Policy> = list.iter().chain(inherited).copied().collect();
-            by_path_key.insert(key.to_string(), interner.set_of(&members)?);
+            by_path_key.insert(key.to_string(), interner.set_of(&members));
         }
         let mut by_first_segment = HashMap::new();
         for (segment, list) in &under {
-            by_first_segment.insert(segment.to_string(), interner.set_of(list)?);
+            by_first_segment.insert(segment.to_string(), interner.set_of(list));
         }
-        Ok(EnforcedIndex {
-            http: ByPort::build(&http, interner)?,
-            tcp: ByPort::build(&tcp, interner)?,
+        EnforcedIndex {
+            http: ByPort::build(&http, interner),
+            tcp: ByPort::build(&tcp, interner),
             by_path_key,
             by_first_segment,
-        })
+        }
     }
 
     /// The non-empty sets a request can reach: of its protocol and port, and (HTTP) of its
@@ -131,7 +126,7 @@ impl EnforcedIndex {
         protocol: Protocol,
         port: u16,
         normalized_path: Option<&str>,
-    ) -> impl Iterator<Item = &'s PolicySet> {
+    ) -> impl Iterator<Item = &'s PolicyList> {
         let by_port = match protocol {
             Protocol::Http => &self.http,
             Protocol::Tcp => &self.tcp,
@@ -149,10 +144,7 @@ impl EnforcedIndex {
 }
 
 impl ByPort {
-    fn build(
-        policies: &[(&Policy, Option<&[u16]>)],
-        interner: &mut SetInterner,
-    ) -> Result<ByPort, SnapshotError> {
+    fn build(policies: &[(&Policy, Option<&[u16]>)], interner: &mut SetInterner) -> ByPort {
         let mut other = Vec::new();
         let mut ports: Vec<u16> = Vec::new();
         for (policy, limited_to) in policies {
@@ -170,23 +162,13 @@ impl ByPort {
                 .filter(|(_, limited_to)| limited_to.is_none_or(|list| list.contains(&port)))
                 .map(|(policy, _)| *policy)
                 .collect();
-            by_port.insert(port, interner.set_of(&members)?);
+            by_port.insert(port, interner.set_of(&members));
         }
-        Ok(ByPort {
+        ByPort {
             by_port,
-            other: interner.set_of(&other)?,
-        })
+            other: interner.set_of(&other),
+        }
     }
-}
-
-/// Adds a policy once (a policy indexed under a key and under that key's first segment reaches
-/// the key's set twice).
-fn add(set: &mut PolicySet, policy: &Policy) -> Result<(), SnapshotError> {
-    if set.policy(policy.id()).is_some() {
-        return Ok(());
-    }
-    set.add(policy.clone())
-        .map_err(|e| SnapshotError(format!("policy `{}`: {e}", policy.id())))
 }
 
 #[cfg(test)]
@@ -250,12 +232,11 @@ mod tests {
         let index = EnforcedIndex::build(
             policies.iter().map(|(p, r)| (p, r)),
             &mut SetInterner::default(),
-        )
-        .unwrap();
+        );
         let reached = |protocol, port, path: Option<&str>| -> Vec<String> {
             let mut ids: Vec<String> = index
                 .sets_for(protocol, port, path)
-                .flat_map(|s| s.policies().map(|p| p.id().to_string()))
+                .flat_map(|s| s.ids().map(ToString::to_string))
                 .collect();
             ids.sort();
             ids
@@ -320,8 +301,7 @@ mod tests {
         let index = EnforcedIndex::build(
             only_tcp.iter().map(|(p, r)| (p, r)),
             &mut SetInterner::default(),
-        )
-        .unwrap();
+        );
         assert_eq!(index.sets_for(Protocol::Http, 80, Some("/")).count(), 0);
         assert_eq!(index.sets_for(Protocol::Tcp, 80, None).count(), 1);
     }

@@ -1,7 +1,7 @@
 //! The meshauthz decision engine: `decide(&Snapshot, &RequestAttrs) -> Decision`.
 //!
-//! Pure and synchronous: no tokio, no I/O, no clock. The only code that calls Cedar's
-//! `Authorizer`. Hosts build [`RequestAttrs`], hold an `Arc<Snapshot>` and call [`decide`].
+//! Pure and synchronous: no tokio, no I/O, no clock. The only code that evaluates Cedar
+//! policies (`eval`, with Cedar's evaluator). Hosts build [`RequestAttrs`], hold an `Arc<Snapshot>` and call [`decide`].
 #![warn(missing_docs)]
 #![allow(
     missing_docs,
@@ -12,6 +12,7 @@ pub mod attrs;
 pub mod cache;
 mod context;
 pub mod decide;
+mod eval;
 mod index;
 pub mod jwt;
 pub mod path;

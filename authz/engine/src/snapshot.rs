@@ -22,8 +22,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
-    RestrictedExpression,
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, RestrictedExpression,
 };
 use policy_compiler::compile::{
     AuthzPolicy, Form, JwtProvider, PeerAuthn, PeerLevel, Reach, ResourceKey, Role, Scope,
@@ -33,6 +32,7 @@ use policy_compiler::resources::{Action, MtlsMode};
 use policy_compiler::schema::NAMESPACE;
 use policy_compiler::{Compiled, Workload};
 
+use crate::eval::PolicyList;
 use crate::index::{EnforcedIndex, SetInterner};
 use crate::jwt::KeySet;
 
@@ -61,11 +61,11 @@ pub(crate) struct PolicyClass {
     /// when no enforced ALLOW policy applies, indexed by what each can match.
     pub enforced: EnforcedIndex,
     /// Only the CUSTOM forbids, which Istio evaluates before authentication.
-    pub custom_deny: Option<PolicySet>,
+    pub custom_deny: Option<PolicyList>,
     /// Observed permits: AUDIT, dry-run ALLOW, delegated CUSTOM.
-    pub observed: Option<PolicySet>,
+    pub observed: Option<PolicyList>,
     /// Observed forbids: dry-run DENY.
-    pub observed_deny: Option<PolicySet>,
+    pub observed_deny: Option<PolicyList>,
     /// The applicable policies, in compile order.
     pub applicable: Vec<Arc<AuthzPolicy>>,
     /// The enforced ALLOW policies, as a denial for want of a matching ALLOW lists them.
@@ -844,14 +844,10 @@ fn build_class(
     sets: &mut SetInterner,
 ) -> Result<PolicyClass, SnapshotError> {
     let mut enforced: Vec<(&Policy, &Reach)> = Vec::new();
-    let mut custom_deny = PolicySet::new();
-    let mut observed = PolicySet::new();
-    let mut observed_deny = PolicySet::new();
+    let mut custom_deny: Vec<&Policy> = Vec::new();
+    let mut observed: Vec<&Policy> = Vec::new();
+    let mut observed_deny: Vec<&Policy> = Vec::new();
     let mut has_enforced_allow = false;
-    let add = |set: &mut PolicySet, p: &Policy| {
-        set.add(p.clone())
-            .map_err(|e| SnapshotError(format!("policy `{}`: {e}", p.id())))
-    };
     for ap in &applicable {
         has_enforced_allow |= ap.is_enforced_allow();
         let usable_provider = matches!(ap.provider, Some((_, Some(_)))) && !conflicting;
@@ -860,13 +856,13 @@ fn build_class(
                 Role::Allow | Role::Deny => enforced.push((&p.policy, &p.reach)),
                 Role::CustomDeny if !usable_provider => {
                     enforced.push((&p.policy, &p.reach));
-                    add(&mut custom_deny, &p.policy)?;
+                    custom_deny.push(&p.policy);
                 }
                 Role::CustomDeny => {}
-                Role::CustomDelegate if usable_provider => add(&mut observed, &p.policy)?,
+                Role::CustomDelegate if usable_provider => observed.push(&p.policy),
                 Role::CustomDelegate => {}
-                Role::Audit | Role::DryRunAllow => add(&mut observed, &p.policy)?,
-                Role::DryRunDeny => add(&mut observed_deny, &p.policy)?,
+                Role::Audit | Role::DryRunAllow => observed.push(&p.policy),
+                Role::DryRunDeny => observed_deny.push(&p.policy),
             }
         }
     }
@@ -880,12 +876,12 @@ fn build_class(
     if !has_enforced_allow {
         enforced.push((default_allow, &everything));
     }
-    let enforced = EnforcedIndex::build(enforced, sets)?;
+    let enforced = EnforcedIndex::build(enforced, sets);
     let texts = applicable
         .iter()
         .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
     let needs = ContextNeeds::of(texts, names);
-    let non_empty = |s: PolicySet| (!s.is_empty()).then_some(s);
+    let non_empty = |s: Vec<&Policy>| (!s.is_empty()).then(|| PolicyList::new(s));
     let allow_policies = applicable
         .iter()
         .filter(|ap| ap.is_enforced_allow())
