@@ -60,6 +60,117 @@ pub fn cedar_ip_range(net: ipnet::IpNet) -> String {
     format!("{}/{}", cedar_ip(net.addr()), net.prefix_len())
 }
 
+/// The context attributes one Cedar policy reads, found in the text the compiler wrote for it
+/// (every access is written in one of the forms matched here; the differential and conformance
+/// tests would catch a form this misses). The engine builds only what the policies of a class
+/// read: building the context is a large share of a decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContextReads {
+    pub flags: ReadFlags,
+    /// The entries of the vocabulary it tests, as the Cedar string literals written (quotes
+    /// included), by kind.
+    pub literals: Vec<(NameKind, Box<str>)>,
+}
+
+/// The fixed attributes a policy reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadFlags {
+    pub principal: bool,
+    pub trust_domain: bool,
+    pub source_ip: bool,
+    pub remote_ip: bool,
+    pub destination_ip: bool,
+    pub sni: bool,
+    pub host: bool,
+    pub method: bool,
+    pub path: bool,
+    pub jwt: bool,
+}
+
+/// Which table of the vocabulary a literal names an entry of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NameKind {
+    Header,
+    Template,
+    Claim,
+    Metadata,
+}
+
+impl ReadFlags {
+    pub fn union(self, o: ReadFlags) -> ReadFlags {
+        ReadFlags {
+            principal: self.principal || o.principal,
+            trust_domain: self.trust_domain || o.trust_domain,
+            source_ip: self.source_ip || o.source_ip,
+            remote_ip: self.remote_ip || o.remote_ip,
+            destination_ip: self.destination_ip || o.destination_ip,
+            sni: self.sni || o.sni,
+            host: self.host || o.host,
+            method: self.method || o.method,
+            path: self.path || o.path,
+            jwt: self.jwt || o.jwt,
+        }
+    }
+}
+
+impl ContextReads {
+    pub fn of_text(text: &str) -> ContextReads {
+        // Every read starts with `context`: one search, then the attribute that follows, as a
+        // whole name (`context.http.path` is not a read of `context.http.pathTemplates`).
+        let mut flags = ReadFlags::default();
+        for (at, _) in text.match_indices("context") {
+            let rest = &text[at + "context".len()..];
+            let is = |name: &str| {
+                rest.strip_prefix(name).is_some_and(|after| {
+                    !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                })
+            };
+            flags.principal |= is(".source.principal") || is(".source has principal");
+            flags.trust_domain |= is(".source.trustDomain") || is(".source has trustDomain");
+            flags.source_ip |= is(".source.ip") || is(".source has ip");
+            flags.remote_ip |= is(".remoteIp") || is(" has remoteIp");
+            flags.destination_ip |= is(".destination.ip") || is(".destination has ip");
+            flags.sni |= is(".sni") || is(" has sni");
+            flags.host |= is(".http.host");
+            flags.method |= is(".http.method");
+            flags.path |= is(".http.path");
+            flags.jwt |= is(".jwt") || is(" has jwt");
+        }
+        let mut literals: Vec<(NameKind, Box<str>)> = [
+            (NameKind::Header, "headers has "),
+            (NameKind::Template, "pathTemplates.contains("),
+            (NameKind::Claim, "claims has "),
+            (NameKind::Metadata, "metadata has "),
+        ]
+        .into_iter()
+        .flat_map(|(kind, marker)| literals_after(text, marker).map(move |l| (kind, l.into())))
+        .collect();
+        literals.sort_unstable();
+        literals.dedup();
+        ContextReads { flags, literals }
+    }
+}
+
+/// Each Cedar string literal (quotes included, as written) that directly follows `marker`.
+fn literals_after<'t>(text: &'t str, marker: &'t str) -> impl Iterator<Item = &'t str> + 't {
+    text.match_indices(marker).filter_map(move |(at, _)| {
+        let rest = &text[at + marker.len()..];
+        let bytes = rest.as_bytes();
+        if bytes.first() != Some(&b'"') {
+            return None;
+        }
+        let mut i = 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => return rest.get(..=i),
+                _ => i += 1,
+            }
+        }
+        None
+    })
+}
+
 /// A `when` condition key, parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum WhenKey {
@@ -270,6 +381,51 @@ mod tests {
             parse_when_key("request.headers[X-Token]"),
             Ok(WhenKey::RequestHeader("x-token".into()))
         );
+    }
+
+    /// What a policy reads, from the forms the compiler writes.
+    #[test]
+    fn reads_are_found_in_the_written_forms() {
+        let r = ContextReads::of_text(
+            r#"permit (principal, action, resource) when { context has http && context.http.pathTemplates.contains("/a/{*}") && context.http.headers has "x-\"q" && context.jwt.claims has "groups" && context has metadata && context.metadata has "f[k]" && context.source has principal };"#,
+        );
+        assert_eq!(
+            r.flags,
+            ReadFlags {
+                principal: true,
+                jwt: true,
+                ..ReadFlags::default()
+            },
+            "pathTemplates is no read of the path"
+        );
+        let literals: Vec<(NameKind, &str)> = r.literals.iter().map(|(k, l)| (*k, &**l)).collect();
+        assert_eq!(
+            literals,
+            [
+                (NameKind::Header, r#""x-\"q""#),
+                (NameKind::Template, r#""/a/{*}""#),
+                (NameKind::Claim, r#""groups""#),
+                (NameKind::Metadata, r#""f[k]""#),
+            ]
+        );
+        let r = ContextReads::of_text(
+            "context.http.path like \"/x\" && context.http.method == \"GET\" && context.http.host == \"h\" && context has remoteIp && context.remoteIp.isInRange(ip(\"10.0.0.0/8\")) && context.destination.ip == ip(\"1.2.3.4\") && context has sni && context.sni == \"s\" && context.source.trustDomain == \"td\" && context.source.ip.isLoopback()",
+        );
+        assert_eq!(
+            r.flags,
+            ReadFlags {
+                trust_domain: true,
+                source_ip: true,
+                remote_ip: true,
+                destination_ip: true,
+                sni: true,
+                host: true,
+                method: true,
+                path: true,
+                ..ReadFlags::default()
+            }
+        );
+        assert!(r.literals.is_empty());
     }
 
     #[test]

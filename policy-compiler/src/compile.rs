@@ -252,6 +252,8 @@ pub struct CedarPolicy {
     pub policy: cedar_policy::Policy,
     /// Which requests the policy can match at all, for the engine's indexes.
     pub reach: Reach,
+    /// The context attributes its condition reads.
+    pub reads: crate::attributes::ContextReads,
 }
 
 /// What a policy's condition requires of every request it matches, so that the engine can
@@ -1011,6 +1013,7 @@ fn compile_authorization(
                     text,
                     policy,
                     reach,
+                    reads: crate::attributes::ContextReads::of_text(&compact),
                 }),
                 Err(e) => errors.push(LoadError::new(
                     Location {

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use cedar_policy::{
     Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, RestrictedExpression,
 };
+use policy_compiler::attributes::{ContextReads, NameKind, ReadFlags};
 use policy_compiler::compile::{
     AuthzPolicy, Form, JwtProvider, PeerAuthn, PeerLevel, Reach, ResourceKey, Role, Scope,
     DEFAULT_ALLOW_ID,
@@ -165,26 +166,6 @@ impl<'v> VocabularyLiterals<'v> {
     }
 }
 
-/// Each Cedar string literal (quotes included, as written) that directly follows `marker`.
-fn literals_after<'t>(text: &'t str, marker: &'t str) -> impl Iterator<Item = &'t str> + 't {
-    text.match_indices(marker).filter_map(move |(at, _)| {
-        let rest = &text[at + marker.len()..];
-        let bytes = rest.as_bytes();
-        if bytes.first() != Some(&b'"') {
-            return None;
-        }
-        let mut i = 1;
-        while i < bytes.len() {
-            match bytes[i] {
-                b'\\' => i += 2,
-                b'"' => return rest.get(..=i),
-                _ => i += 1,
-            }
-        }
-        None
-    })
-}
-
 impl ContextNeeds {
     /// Everything the vocabulary names (for explanations).
     pub fn all(v: &policy_compiler::schema::Vocabulary) -> ContextNeeds {
@@ -214,73 +195,61 @@ impl ContextNeeds {
         }
     }
 
-    /// What the given policy texts read. The compiler writes every attribute access in one
-    /// of the forms matched here (`policy_compiler::attributes`); the differential and
-    /// conformance tests would catch a form this misses.
+    /// What the given policies read (see `policy_compiler::attributes::ContextReads`).
     fn of<'a>(
-        texts: impl Iterator<Item = &'a str>,
+        reads: impl Iterator<Item = &'a ContextReads>,
         names: &VocabularyLiterals<'_>,
     ) -> ContextNeeds {
-        let texts: Vec<&str> = texts.collect();
-        // Every read starts with `context`: one search per text, then the attribute that
-        // follows, as a whole name (`context.http.path` is not a read of
-        // `context.http.pathTemplates`).
-        let mut needs = ContextNeeds::default();
-        for t in &texts {
-            for (at, _) in t.match_indices("context") {
-                let rest = &t[at + "context".len()..];
-                let is = |name: &str| {
-                    rest.strip_prefix(name).is_some_and(|after| {
-                        !after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                    })
-                };
-                needs.principal |= is(".source.principal") || is(".source has principal");
-                needs.trust_domain |= is(".source.trustDomain") || is(".source has trustDomain");
-                needs.source_ip |= is(".source.ip") || is(".source has ip");
-                needs.remote_ip |= is(".remoteIp") || is(" has remoteIp");
-                needs.destination_ip |= is(".destination.ip") || is(".destination has ip");
-                needs.sni |= is(".sni") || is(" has sni");
-                needs.host |= is(".http.host");
-                needs.method |= is(".http.method");
-                needs.path |= is(".http.path");
-                needs.jwt |= is(".jwt") || is(" has jwt");
+        let mut flags = ReadFlags::default();
+        let mut literals: Vec<&(NameKind, Box<str>)> = Vec::new();
+        for r in reads {
+            flags = flags.union(r.flags);
+            literals.extend(&r.literals);
+        }
+        literals.sort_unstable();
+        literals.dedup();
+        // The vocabulary entries the literals name (vocabularies of large estates have
+        // thousands of names, classes a few).
+        let named = |kind: NameKind| {
+            literals
+                .iter()
+                .filter(move |(k, _)| *k == kind)
+                .map(|(_, literal)| &**literal)
+        };
+        let mut needs = ContextNeeds {
+            principal: flags.principal,
+            trust_domain: flags.trust_domain,
+            source_ip: flags.source_ip,
+            remote_ip: flags.remote_ip,
+            destination_ip: flags.destination_ip,
+            sni: flags.sni,
+            host: flags.host,
+            method: flags.method,
+            path: flags.path,
+            jwt: flags.jwt,
+            ..ContextNeeds::default()
+        };
+        for literal in named(NameKind::Header) {
+            if let Some(h) = names.headers.get(literal) {
+                needs.headers.push(h.to_string());
             }
         }
-        // The vocabulary entries named by the string literal after each `marker`: one pass over
-        // the texts (vocabularies of large estates have thousands of names, classes a few).
-        fn named<T: Copy + Ord>(
-            texts: &[&str],
-            marker: &str,
-            table: &HashMap<String, T>,
-        ) -> Vec<T> {
-            let mut found: Vec<T> = texts
-                .iter()
-                .flat_map(|t| literals_after(t, marker))
-                .filter_map(|lit| table.get(lit).copied())
-                .collect();
-            found.sort_unstable();
-            found.dedup();
-            found
+        for literal in named(NameKind::Template) {
+            if let Some(t) = names.templates.get(literal) {
+                needs.templates.push(t.to_string());
+            }
         }
-        ContextNeeds {
-            headers: named(&texts, "headers has ", &names.headers)
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
-            templates: named(&texts, "pathTemplates.contains(", &names.templates)
-                .into_iter()
-                .map(str::to_string)
-                .collect(),
-            claims: named(&texts, "claims has ", &names.claims)
-                .into_iter()
-                .map(|(a, p)| (a.to_string(), p.clone()))
-                .collect(),
-            metadata: named(&texts, "metadata has ", &names.metadata)
-                .into_iter()
-                .map(|(a, k)| (a.to_string(), k.clone()))
-                .collect(),
-            ..needs
+        for literal in named(NameKind::Claim) {
+            if let Some((a, p)) = names.claims.get(literal) {
+                needs.claims.push((a.to_string(), (*p).clone()));
+            }
         }
+        for literal in named(NameKind::Metadata) {
+            if let Some((a, k)) = names.metadata.get(literal) {
+                needs.metadata.push((a.to_string(), (*k).clone()));
+            }
+        }
+        needs
     }
 }
 
@@ -877,10 +846,10 @@ fn build_class(
         enforced.push((default_allow, &everything));
     }
     let enforced = EnforcedIndex::build(enforced, sets);
-    let texts = applicable
+    let reads = applicable
         .iter()
-        .flat_map(|ap| ap.policies.iter().map(|p| p.text.as_str()));
-    let needs = ContextNeeds::of(texts, names);
+        .flat_map(|ap| ap.policies.iter().map(|p| &p.reads));
+    let needs = ContextNeeds::of(reads, names);
     let non_empty = |s: Vec<&Policy>| (!s.is_empty()).then(|| PolicyList::new(s));
     let allow_policies = applicable
         .iter()
