@@ -188,7 +188,7 @@ fn compile(files: &[PathBuf], mesh: Option<&std::path::Path>, output: CompileFor
                             "rule": p.rule,
                             "role": format!("{:?}", p.role),
                             "source": format!("{}:{}", ap.origin.file, ap.rules.iter().find(|r| r.index == p.rule).map(|r| r.line).unwrap_or(ap.origin.line)),
-                            "cedar": p.text,
+                            "cedar": p.text.clone().unwrap_or_else(|| p.policy.to_string()),
                         })
                     })
                 })

@@ -19,7 +19,7 @@ fn naive_set(compiled: &policy_compiler::Compiled) -> cedar_policy::PolicySet {
     let mut text = String::new();
     for p in compiled.authorization.iter().flat_map(|a| &a.policies) {
         if matches!(p.role, Role::Allow | Role::Deny) {
-            text.push_str(&p.text);
+            text.push_str(p.text.as_deref().expect("compiled with texts"));
             text.push('\n');
         }
     }

@@ -244,8 +244,9 @@ pub struct CedarPolicy {
     pub role: Role,
     /// Index of the Istio rule.
     pub rule: usize,
-    /// The policy as `meshauthz compile` prints it: annotations, scope and condition.
-    pub text: String,
+    /// The policy as `meshauthz compile` prints it: annotations, scope and condition. `None`
+    /// when compiled for decisions only ([`Detail::Decisions`]).
+    pub text: Option<String>,
     /// What the engine evaluates: the same condition without annotations and without the scope,
     /// which the snapshot applies by putting the policy only in the classes of the workloads it
     /// selects. Never evaluate it outside such a class.
@@ -394,8 +395,22 @@ pub struct AuthzPolicy {
     /// CUSTOM: the provider named, and what it speaks if it is usable.
     pub provider: Option<(String, Option<ProviderKind>)>,
     pub scope: Scope,
+    /// Each rule's conditions, for explanations (`meshauthz check`); empty when compiled for
+    /// decisions only ([`Detail::Decisions`]).
     pub rules: Vec<CompiledRule>,
     pub policies: Vec<CedarPolicy>,
+}
+
+/// What a compile keeps besides what decisions need.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Detail {
+    /// Also each policy's printed Cedar text and each rule's field-level conditions, for
+    /// `meshauthz compile` and `meshauthz check` (what [`compile`] gives).
+    #[default]
+    Explained,
+    /// What decisions need only, for the hosts that enforce (`meshauthz serve`, the native
+    /// filter): the texts and conditions are a quarter of the compiled estate's memory.
+    Decisions,
 }
 
 impl AuthzPolicy {
@@ -542,6 +557,18 @@ pub struct CompileCache {
     validated: std::collections::HashSet<u64>,
     /// The syntax trees of the cached policies, shared between them.
     ast: AstInterner,
+    /// What the compiles through this cache keep.
+    detail: Detail,
+}
+
+impl CompileCache {
+    /// A cache whose compiles keep what decisions need only ([`Detail::Decisions`]).
+    pub fn for_decisions() -> CompileCache {
+        CompileCache {
+            detail: Detail::Decisions,
+            ..CompileCache::default()
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -623,11 +650,12 @@ fn compile_with(
     let mut merged: std::collections::HashSet<*const Vocabulary> = std::collections::HashSet::new();
     // Without a cache, the policies of this compile share their syntax trees among themselves.
     let mut uncached_ast = AstInterner::default();
+    let detail = cache.as_deref().map_or(Detail::Explained, |c| c.detail);
     let known_prints = (inputs.authorization_prints.len() == inputs.authorization.len())
         .then_some(&inputs.authorization_prints);
     for (i, ap) in inputs.authorization.iter().enumerate() {
         let Some(cache) = cache.as_deref_mut() else {
-            match compile_authorization(ap, mesh, &mut vocabulary, &mut uncached_ast) {
+            match compile_authorization(ap, mesh, &mut vocabulary, &mut uncached_ast, detail) {
                 Ok(p) => {
                     authorization.push(std::sync::Arc::new(p));
                     prints.push(0);
@@ -645,7 +673,7 @@ fn compile_with(
             std::collections::hash_map::Entry::Occupied(hit) => hit.into_mut(),
             std::collections::hash_map::Entry::Vacant(miss) => {
                 let mut own = Vocabulary::default();
-                match compile_authorization(ap, mesh, &mut own, &mut cache.ast) {
+                match compile_authorization(ap, mesh, &mut own, &mut cache.ast, cache.detail) {
                     Ok(p) => {
                         let vocabulary = match cache.vocabularies.get(&own) {
                             Some(shared) => shared.clone(),
@@ -826,7 +854,11 @@ impl Compiled {
             "// with the default permit below is Istio's CUSTOM -> DENY -> ALLOW order.\n\n",
         );
         for p in self.authorization.iter().flat_map(|a| &a.policies) {
-            out.push_str(&p.text);
+            match &p.text {
+                Some(text) => out.push_str(text),
+                // Compiled for decisions only: Cedar's own rendering of what is evaluated.
+                None => out.push_str(&p.policy.to_string()),
+            }
             out.push_str("\n\n");
         }
         out.push_str(&self.default_allow_text());
@@ -894,6 +926,7 @@ fn compile_authorization(
     mesh: &MeshConfig,
     vocabulary: &mut Vocabulary,
     ast: &mut AstInterner,
+    detail: Detail,
 ) -> Result<AuthzPolicy, Vec<LoadError>> {
     let key = ResourceKey {
         namespace: ap.namespace.clone(),
@@ -939,17 +972,19 @@ fn compile_authorization(
         let tcp = emit.rule(rule, Proto::Tcp, false);
         let conditions = std::mem::take(&mut emit.conditions);
         let allow_like = spec.action == Action::Allow;
-        rules.push(CompiledRule {
-            index,
-            line,
-            http_condition: http.render(),
-            tcp_condition: if allow_like && http != tcp {
-                "false".to_string()
-            } else {
-                tcp.render()
-            },
-            conditions,
-        });
+        if detail == Detail::Explained {
+            rules.push(CompiledRule {
+                index,
+                line,
+                http_condition: http.render(),
+                tcp_condition: if allow_like && http != tcp {
+                    "false".to_string()
+                } else {
+                    tcp.render()
+                },
+                conditions,
+            });
+        }
         let base = format!("{key}[{index}]");
         let usable_provider = matches!(provider, Some((_, Some(_))));
         // An HTTP ext_authz provider is not consulted on TCP connections.
@@ -990,7 +1025,7 @@ fn compile_authorization(
                 scope: &scope_expr,
                 condition: &cond,
             };
-            let text = render_policy(&shape);
+            let text = (detail == Detail::Explained).then(|| render_policy(&shape));
             let compact = render_body(&shape, " ", false);
             let reach = Reach {
                 form: match proto {
@@ -1023,7 +1058,7 @@ fn compile_authorization(
                         resource: Some(format!("AuthorizationPolicy {key}")),
                         field: Some(format!("spec.rules[{index}]")),
                     },
-                    format!("internal error: generated Cedar does not parse: {e}\n{text}"),
+                    format!("internal error: generated Cedar does not parse: {e}\n{compact}"),
                 )),
             }
         }

@@ -67,6 +67,38 @@ fn cached_compiles_equal_fresh_ones_in_any_order() {
     }
 }
 
+/// Compiled for decisions only, a policy set is the same policies (ids, roles, conditions
+/// as Cedar evaluates them, reach, reads) without the printed texts and rule explanations.
+#[test]
+fn decisions_only_compiles_keep_what_decisions_read() {
+    let mesh = MeshConfig::default();
+    let mut cache = CompileCache::for_decisions();
+    for (name, inputs) in golden() {
+        let full = compile(&inputs, &mesh, &[]).unwrap();
+        let lean = compile_cached(
+            &InputsRef::of(&inputs),
+            &mesh,
+            &Default::default(),
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(lean.schema_text, full.schema_text, "{name}");
+        assert_eq!(lean.authorization.len(), full.authorization.len(), "{name}");
+        for (l, f) in lean.authorization.iter().zip(&full.authorization) {
+            assert!(l.rules.is_empty(), "{name}");
+            assert_eq!(l.policies.len(), f.policies.len(), "{name}");
+            for (lp, fp) in l.policies.iter().zip(&f.policies) {
+                assert_eq!(lp.text, None, "{name}");
+                assert!(fp.text.is_some(), "{name}");
+                assert_eq!((&lp.id, lp.role, lp.rule), (&fp.id, fp.role, fp.rule));
+                assert_eq!(lp.policy.to_string(), fp.policy.to_string(), "{name}");
+                assert_eq!(lp.reach, fp.reach, "{name}");
+                assert_eq!(lp.reads, fp.reads, "{name}");
+            }
+        }
+    }
+}
+
 #[test]
 fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
     let all: Vec<(String, Inputs)> = golden();

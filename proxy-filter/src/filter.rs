@@ -81,8 +81,11 @@ impl FilterConfig {
         } = settings;
         let (snapshot, watcher, jwks) = match mode {
             Mode::Once => {
-                let compiled = authz_loader::compile_inputs(&policies, mesh.as_deref())
-                    .map_err(|e| load_error(&e))?;
+                // Compiled for decisions only: the filter never explains or prints policies.
+                let mut cache = policy_compiler::compile::CompileCache::for_decisions();
+                let compiled =
+                    authz_loader::compile_inputs_with(&policies, mesh.as_deref(), Some(&mut cache))
+                        .map_err(|e| load_error(&e))?;
                 log_warnings(compiled.warnings.iter().map(ToString::to_string));
                 let snapshot =
                     Snapshot::build(compiled, 1).map_err(|e| ConfigError(e.to_string()))?;

@@ -177,6 +177,8 @@ impl ClusterState {
     pub fn new(mesh: MeshConfig) -> ClusterState {
         ClusterState {
             mesh,
+            // Builds serve decisions; nothing here explains or prints policies.
+            cache: std::sync::Arc::new(std::sync::Mutex::new(CompileCache::for_decisions())),
             ..ClusterState::default()
         }
     }

@@ -423,10 +423,19 @@ fn reload(
 
 /// What a reload takes over from the last one: compiled policies of unchanged resources, and
 /// the last snapshot's policy classes.
-#[derive(Default)]
 struct Reuse {
     cache: policy_compiler::compile::CompileCache,
     previous: Option<Snapshot>,
+}
+
+impl Default for Reuse {
+    fn default() -> Reuse {
+        Reuse {
+            // The watcher serves decisions; nothing here explains or prints policies.
+            cache: policy_compiler::compile::CompileCache::for_decisions(),
+            previous: None,
+        }
+    }
 }
 
 /// Loads, compiles and indexes the policy set.
