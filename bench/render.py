@@ -259,14 +259,39 @@ if percentiles:
                   max(percentiles), min(percentiles), hi[0] / lo[0], max(percentiles), hi[0],
                   "met" if hi[0] <= 5 else "missed", hi[1], "met" if hi[1] <= 20 else "missed"))
 print("\n## Build and memory\n")
-print("Resident memory is the growth of the process's RSS over load + compile + build; live heap is"
-      " what stays allocated (compiled policies and snapshot), counted by the `estate` binary's allocator.\n")
+print("The `estate` binary loads, compiles (for decisions only, as `meshauthz serve` and the native"
+      " filter do) and indexes each estate. Live heap is what stays allocated afterwards (the"
+      " snapshot and the compile cache a host keeps), counted by the binary's allocator; resident"
+      " memory is the growth of that process's RSS over load + compile + build (glibc, which keeps"
+      " much of what the load freed).\n")
 print("| policies | load | compile | snapshot build | classes | resident memory | live heap |")
 print("|---|---|---|---|---|---|---|")
 for e in estates:
     heap = ("%.0f MiB" % e["heap_mib"]) if "heap_mib" in e else "-"
     print("| %d | %.0f ms | %.0f ms | %.0f ms | %d | %.0f MiB | %s |" % (
         e["policies"], e["load_ms"], e["compile_ms"], e["snapshot_build_ms"], e["classes"], e["rss_mib"], heap))
+big_estate = next((e for e in estates if e["policies"] == 10000), None)
+memory = (services or {}).get("memory")
+if memory:
+    m0, m1 = memory["empty"], memory["10000"]
+    print("\n`meshauthz serve --policies` (mimalloc) idle after loading, from `/proc/PID/status`, the"
+          " same server holding no policy as the baseline in the same run:\n")
+    print("| server | RSS | anonymous | mapped files | peak RSS |\n|---|---|---|---|---|")
+    for label, m in (("no policy", m0), ("10,000 policies", m1)):
+        print("| %s | %.0f MiB | %.0f MiB | %.0f MiB | %.0f MiB |" % (
+            label, m["VmRSS"] / 1024, m["RssAnon"] / 1024, m["RssFile"] / 1024, m["VmHWM"] / 1024))
+if big_estate:
+    print("\nAt 10,000 policies: snapshot build **%.0f ms** (target <= 250 ms: %s); live heap **%.1f MiB**"
+          " (target <= 64 MiB: %s)" % (
+              big_estate["snapshot_build_ms"], verdict(big_estate["snapshot_build_ms"] <= 250),
+              big_estate["heap_mib"], verdict(big_estate["heap_mib"] <= 64)), end="")
+    if memory:
+        grown = (memory["10000"]["RssAnon"] - memory["empty"]["RssAnon"]) / 1024
+        print("; the server's anonymous resident memory grows by **%.0f MiB** over the empty"
+              " server's (%s): the allocator keeps pages the load and compile freed in part." % (
+                  grown, verdict(grown <= 64)))
+    else:
+        print(".")
 cold, cached = times.get("jwt/cold"), times.get("jwt/cached")
 if cold and cached:
     print("\n## JWT (a request with an RS256 token, one policy requiring it)\n")

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The service benchmarks of bench/run (issue 6), written as JSON for bench/render.py.
 
+0. memory: `meshauthz serve` holding the 10,000-policy estate against the same server holding none.
 1. ext_authz gRPC: `meshauthz serve` (release, the 1,000-policy estate) against the no-op server
    `noop-authz`, with the same load generator settings (`grpc-load`): a closed-loop maximum-
    throughput phase and an open-loop fixed-rate phase, two rounds, servers alternating.
@@ -316,6 +317,41 @@ def envoy_phase(est):
             "rbac": {k: rbac[k] for k in ("deny_rules", "allow_rules", "audit_skipped")}}
 
 
+# ---------------------------------------------------------------- memory
+
+def status_kib(pid):
+    """VmRSS, RssAnon, RssFile and VmHWM of a process, in KiB."""
+    out = {}
+    for line in open("/proc/%d/status" % pid):
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def memory_phase():
+    """`meshauthz serve` holding the 10,000-policy estate, and the same server with no policy
+    (the baseline: runtime, allocator and mapped code), both idle after loading."""
+    est = os.path.join(out_dir, "estate-10000")
+    subprocess.run([os.path.join(release, "estate"), "10000", "--write", est], check=True,
+                   stdout=subprocess.DEVNULL)
+    empty = os.path.join(out_dir, "empty.yaml")
+    open(empty, "w").close()
+    result = {}
+    for name, args in (("empty", ["--policies", empty]),
+                       ("10000", ["--policies", os.path.join(est, "policies.yaml"),
+                                  "--mesh", os.path.join(est, "mesh.yaml")])):
+        p = start([os.path.join(release, "meshauthz"), "serve"] + args +
+                  ["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"], "memory-" + name)
+        first_line(p, "meshauthz serve")  # printed once the first snapshot serves
+        time.sleep(2)  # the allocator returns freed pages after a delay
+        result[name] = status_kib(p.pid)
+        stop(p)
+        log("serve with %s policies: RSS %d KiB (anonymous %d KiB), peak %d KiB" % (
+            name, result[name]["VmRSS"], result[name]["RssAnon"], result[name]["VmHWM"]))
+    return result
+
+
 def version(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
@@ -328,6 +364,7 @@ def main():
     subprocess.run([os.path.join(release, "estate"), str(POLICIES), "--write", est], check=True,
                    stdout=subprocess.DEVNULL)
     try:
+        memory = memory_phase()
         grpc = grpc_phase(est)
         envoy = envoy_phase(est)
     finally:
@@ -337,7 +374,7 @@ def main():
     m = re.search(r"version: [0-9a-f]+/([^/\s]+)/", envoy_version)
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
     result = {
-        "quick": quick, "policies": POLICIES,
+        "quick": quick, "policies": POLICIES, "memory": memory,
         "grpc": {"runs": grpc, "seconds": GRPC_SECONDS, "rounds": ROUNDS, "open_rate": OPEN_RATE,
                  "client": " ".join(GRPC_CLIENT)},
         "envoy": dict(envoy, seconds=WRK_SECONDS, rounds=ROUNDS, wrk_threads=WRK_THREADS,
