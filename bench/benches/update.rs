@@ -3,9 +3,9 @@
 //! The baseline in the same run is the cost of taking the object in (parse + validate), which
 //! is all an incremental engine would have to add to the index. A rebuild compiles only the
 //! changed object (compile cache) and rebuilds only the policy classes it belongs to (the
-//! others are taken over from the previous snapshot; so are the Cedar entities while the pods
-//! are unchanged), but still visits every compiled policy (compile-cache lookups, vocabulary,
-//! order) and every workload (its policy class).
+//! others are taken over from the previous snapshot; so are the workload list, the workload
+//! tables and the Cedar entities while the pods are unchanged), but still visits every compiled
+//! policy (compile-cache lookups, order) and every workload (its policy class).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "benchmark code")]
 
