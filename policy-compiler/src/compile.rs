@@ -547,14 +547,14 @@ impl<'a> InputsRef<'a> {
 /// (`round`) are dropped.
 #[derive(Debug, Default)]
 pub struct CompileCache {
-    policies: std::collections::HashMap<u64, CacheEntry>,
+    policies: std::collections::HashMap<u64, CacheEntry, PrintHasher>,
     /// Counts compiles; each entry says in which one it was last used.
     round: u64,
     /// The distinct vocabularies of the entries: policies of an estate use a few sets of
     /// headers and claims, and each set is merged once per compile.
     vocabularies: std::collections::HashSet<std::sync::Arc<Vocabulary>>,
     schema_text: String,
-    validated: std::collections::HashSet<u64>,
+    validated: std::collections::HashSet<u64, PrintHasher>,
     /// The syntax trees of the cached policies, shared between them.
     ast: AstInterner,
     /// What the compiles through this cache keep.
@@ -568,6 +568,36 @@ impl CompileCache {
             detail: Detail::Decisions,
             ..CompileCache::default()
         }
+    }
+}
+
+/// Hashes a key that is already a hash (a fingerprint), or an address, by taking it as it is:
+/// a one-policy change looks up every policy of the estate, and SipHash over 10,000 keys that
+/// are already uniform is wasted work. Not for keys others choose freely (no HashDoS defense).
+type PrintHasher = std::hash::BuildHasherDefault<PassThrough>;
+
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u64` and pointer keys; any other key is folded in, still correct.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        // An address: its low bits are alignment, the bits above vary.
+        self.0 = (v as u64).rotate_right(4);
     }
 }
 
@@ -647,7 +677,8 @@ fn compile_with(
     if let Some(cache) = cache.as_deref_mut() {
         cache.round += 1;
     }
-    let mut merged: std::collections::HashSet<*const Vocabulary> = std::collections::HashSet::new();
+    let mut merged: std::collections::HashSet<*const Vocabulary, PrintHasher> =
+        std::collections::HashSet::default();
     // Without a cache, the policies of this compile share their syntax trees among themselves.
     let mut uncached_ast = AstInterner::default();
     let detail = cache.as_deref().map_or(Detail::Explained, |c| c.detail);
