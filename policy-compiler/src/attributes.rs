@@ -97,6 +97,20 @@ pub enum NameKind {
 }
 
 impl ReadFlags {
+    /// Every attribute.
+    pub const ALL: ReadFlags = ReadFlags {
+        principal: true,
+        trust_domain: true,
+        source_ip: true,
+        remote_ip: true,
+        destination_ip: true,
+        sni: true,
+        host: true,
+        method: true,
+        path: true,
+        jwt: true,
+    };
+
     pub fn union(self, o: ReadFlags) -> ReadFlags {
         ReadFlags {
             principal: self.principal || o.principal,

@@ -191,26 +191,26 @@ fn build_request_with<V: ValueMaker>(
 
     let mut source = Vec::new();
     if let Some(p) = inputs.principal {
-        if needs.principal {
+        if needs.reads.principal {
             source.push(("principal", s(p)));
         }
-        if needs.trust_domain {
+        if needs.reads.trust_domain {
             if let Ok(td) = spiffe_trust_domain(p) {
                 source.push(("trustDomain", s(td)));
             }
         }
     }
-    if let (Some(ip), true) = (req.source_ip, needs.source_ip) {
+    if let (Some(ip), true) = (req.source_ip, needs.reads.source_ip) {
         source.push(("ip", make.ip(ip)?));
     }
     // A record no policy of the class reads is left out (each costs Cedar an evaluation per
     // request); one that is read is there even when empty, for its `has` tests.
     let mut pairs = Vec::with_capacity(7);
-    if needs.principal || needs.trust_domain || needs.source_ip {
+    if needs.reads.principal || needs.reads.trust_domain || needs.reads.source_ip {
         pairs.push(("source", make.record(source)?));
     }
 
-    let remote = if !needs.remote_ip {
+    let remote = if !needs.reads.remote_ip {
         None
     } else {
         req.remote_ip.or_else(|| {
@@ -236,11 +236,14 @@ fn build_request_with<V: ValueMaker>(
         pairs.push(("remoteIp", make.ip(ip)?));
     }
     let mut destination = vec![("port", make.long(i64::from(req.destination_port)))];
-    if let (Some(ip), true) = (req.destination_ip, needs.destination_ip) {
+    if let (Some(ip), true) = (req.destination_ip, needs.reads.destination_ip) {
         destination.push(("ip", make.ip(ip)?));
     }
     pairs.push(("destination", make.record(destination)?));
-    if let (Some(sni), true) = (req.sni.as_deref().filter(|s| !s.is_empty()), needs.sni) {
+    if let (Some(sni), true) = (
+        req.sni.as_deref().filter(|s| !s.is_empty()),
+        needs.reads.sni,
+    ) {
         pairs.push(("sni", s(sni)));
     }
 
@@ -276,13 +279,13 @@ fn build_request_with<V: ValueMaker>(
         if !needs.headers.is_empty() {
             http.push(("headers", make.record(headers)?));
         }
-        if needs.host {
+        if needs.reads.host {
             http.push(("host", s(&req.host.to_ascii_lowercase())));
         }
-        if needs.method {
+        if needs.reads.method {
             http.push(("method", s(req.method.as_str())));
         }
-        if needs.path {
+        if needs.reads.path {
             http.push(("path", s(path)));
         }
         if !needs.templates.is_empty() {
@@ -296,7 +299,7 @@ fn build_request_with<V: ValueMaker>(
         }
         pairs.push(("http", make.record(http)?));
 
-        if let (Some(claims), true) = (inputs.claims, needs.jwt) {
+        if let (Some(claims), true) = (inputs.claims, needs.reads.jwt) {
             let mut jwt = Vec::new();
             for name in ["iss", "sub", "azp"] {
                 if let Some(v) = claims.get(name).and_then(|v| v.as_str()) {
@@ -471,8 +474,11 @@ mod tests {
         });
         let claims = claims.as_object().unwrap();
         let some = ContextNeeds {
-            principal: true,
-            path: true,
+            reads: policy_compiler::attributes::ReadFlags {
+                principal: true,
+                path: true,
+                ..Default::default()
+            },
             ..ContextNeeds::default()
         };
         let mut compared = 0;

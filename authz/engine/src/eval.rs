@@ -197,25 +197,13 @@ mod tests {
         let mut forbids = tally.forbids.clone();
         forbids.sort_unstable();
         assert_eq!(forbids, ["f-cond", "f-or"]);
-        let mut reasons: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
-        reasons.sort();
-        assert_eq!(reasons, forbids);
+        assert_eq!(sorted(response.diagnostics().reason()), forbids);
         let mut permits = tally.permits.clone();
         permits.sort_unstable();
         assert_eq!(permits, ["p-cond", "p-scoped", "p-true"]);
         let mut errors = tally.errors.clone();
         errors.sort();
-        let mut cedar_errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(ToString::to_string)
-            .collect();
-        cedar_errors.sort();
-        assert_eq!(errors, cedar_errors);
+        assert_eq!(errors, sorted(response.diagnostics().errors()));
         assert_eq!(errors.len(), 2);
         assert_eq!(satisfied.len(), 5);
 
@@ -227,12 +215,12 @@ mod tests {
             .collect();
         let set = PolicySet::from_policies(permits_only).unwrap();
         let response = Authorizer::new().is_authorized(&request, &set, &entities);
-        let mut reasons: Vec<String> = response
-            .diagnostics()
-            .reason()
-            .map(ToString::to_string)
-            .collect();
-        reasons.sort();
-        assert_eq!(reasons, permits);
+        assert_eq!(sorted(response.diagnostics().reason()), permits);
+    }
+
+    fn sorted<T: ToString>(items: impl Iterator<Item = T>) -> Vec<String> {
+        let mut out: Vec<String> = items.map(|i| i.to_string()).collect();
+        out.sort();
+        out
     }
 }

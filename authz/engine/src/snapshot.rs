@@ -112,16 +112,8 @@ impl PolicyClass {
 /// share of a decision, and most classes read a few attributes only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ContextNeeds {
-    pub principal: bool,
-    pub trust_domain: bool,
-    pub source_ip: bool,
-    pub remote_ip: bool,
-    pub destination_ip: bool,
-    pub sni: bool,
-    pub host: bool,
-    pub method: bool,
-    pub path: bool,
-    pub jwt: bool,
+    /// The fixed attributes.
+    pub reads: ReadFlags,
     /// Subsets of the vocabulary.
     pub headers: Vec<String>,
     pub templates: Vec<String>,
@@ -170,16 +162,7 @@ impl ContextNeeds {
     /// Everything the vocabulary names (for explanations).
     pub fn all(v: &policy_compiler::schema::Vocabulary) -> ContextNeeds {
         ContextNeeds {
-            principal: true,
-            trust_domain: true,
-            source_ip: true,
-            remote_ip: true,
-            destination_ip: true,
-            sni: true,
-            host: true,
-            method: true,
-            path: true,
-            jwt: true,
+            reads: ReadFlags::ALL,
             headers: v.headers.iter().cloned().collect(),
             templates: v.templates.iter().cloned().collect(),
             claims: v
@@ -217,16 +200,7 @@ impl ContextNeeds {
                 .map(|(_, literal)| &**literal)
         };
         let mut needs = ContextNeeds {
-            principal: flags.principal,
-            trust_domain: flags.trust_domain,
-            source_ip: flags.source_ip,
-            remote_ip: flags.remote_ip,
-            destination_ip: flags.destination_ip,
-            sni: flags.sni,
-            host: flags.host,
-            method: flags.method,
-            path: flags.path,
-            jwt: flags.jwt,
+            reads: flags,
             ..ContextNeeds::default()
         };
         for literal in named(NameKind::Header) {
