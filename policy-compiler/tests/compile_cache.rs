@@ -31,6 +31,11 @@ fn golden() -> Vec<(String, Inputs)> {
         .collect()
 }
 
+/// `inputs` compiled through `cache`, without workloads.
+fn compiled_with(inputs: &Inputs, mesh: &MeshConfig, cache: &mut CompileCache) -> Compiled {
+    compile_cached(&InputsRef::of(inputs), mesh, &Default::default(), cache).unwrap()
+}
+
 /// Everything of a compile that the engine and `meshauthz compile` read.
 fn observable(c: &Compiled) -> (String, String, String, usize, usize) {
     (
@@ -56,13 +61,7 @@ fn cached_compiles_equal_fresh_ones_in_any_order() {
     for i in order {
         let (name, inputs) = &cases[i];
         let fresh = compile(inputs, &mesh, &[]).unwrap();
-        let cached = compile_cached(
-            &InputsRef::of(inputs),
-            &mesh,
-            &Default::default(),
-            &mut cache,
-        )
-        .unwrap();
+        let cached = compiled_with(inputs, &mesh, &mut cache);
         assert_eq!(observable(&cached), observable(&fresh), "{name}");
     }
 }
@@ -75,13 +74,7 @@ fn decisions_only_compiles_keep_what_decisions_read() {
     let mut cache = CompileCache::for_decisions();
     for (name, inputs) in golden() {
         let full = compile(&inputs, &mesh, &[]).unwrap();
-        let lean = compile_cached(
-            &InputsRef::of(&inputs),
-            &mesh,
-            &Default::default(),
-            &mut cache,
-        )
-        .unwrap();
+        let lean = compiled_with(&inputs, &mesh, &mut cache);
         assert_eq!(lean.schema_text, full.schema_text, "{name}");
         assert_eq!(lean.authorization.len(), full.authorization.len(), "{name}");
         for (l, f) in lean.authorization.iter().zip(&full.authorization) {
@@ -113,13 +106,7 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
     }
     let mut cache = CompileCache::default();
     let mesh = MeshConfig::default();
-    compile_cached(
-        &InputsRef::of(&inputs),
-        &mesh,
-        &Default::default(),
-        &mut cache,
-    )
-    .unwrap();
+    compiled_with(&inputs, &mesh, &mut cache);
 
     // One rule's path changes.
     let mut changed = inputs.clone();
@@ -130,13 +117,7 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         .unwrap();
     ap.spec.rules.as_mut().unwrap().truncate(0);
     let fresh = compile(&changed, &mesh, &[]).unwrap();
-    let cached = compile_cached(
-        &InputsRef::of(&changed),
-        &mesh,
-        &Default::default(),
-        &mut cache,
-    )
-    .unwrap();
+    let cached = compiled_with(&changed, &mesh, &mut cache);
     assert_eq!(observable(&cached), observable(&fresh));
 
     // An annotation (dry-run) changes the policy; a new resourceVersion does not, and still
@@ -151,13 +132,7 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         .insert("istio.io/dry-run".into(), "true".into());
     dry.meta.resource_version = Some("42".into());
     let fresh = compile(&changed, &mesh, &[]).unwrap();
-    let cached = compile_cached(
-        &InputsRef::of(&changed),
-        &mesh,
-        &Default::default(),
-        &mut cache,
-    )
-    .unwrap();
+    let cached = compiled_with(&changed, &mesh, &mut cache);
     assert!(fresh.cedar_text().contains("dry-run"));
     assert_eq!(observable(&cached), observable(&fresh));
 
@@ -167,12 +142,6 @@ fn one_changed_policy_and_a_changed_mesh_are_recompiled() {
         ..MeshConfig::default()
     };
     let fresh = compile(&changed, &other, &[]).unwrap();
-    let cached = compile_cached(
-        &InputsRef::of(&changed),
-        &other,
-        &Default::default(),
-        &mut cache,
-    )
-    .unwrap();
+    let cached = compiled_with(&changed, &other, &mut cache);
     assert_eq!(observable(&cached), observable(&fresh));
 }
