@@ -9,12 +9,20 @@ fn main() {
     let estate = meshauthz_bench::generate(n, 7);
     let compiled = meshauthz_bench::compile(&estate).unwrap();
     let snapshot = authz_engine::Snapshot::build(compiled, 1).unwrap();
-    let req = &estate
-        .requests
-        .iter()
-        .find(|(name, _)| *name == which)
-        .unwrap()
-        .1;
+    // The named requests of the estate, and `anon-first`: the first plaintext request the
+    // Envoy runs send.
+    let anonymous = meshauthz_bench::anonymous_allowed(&estate);
+    let req = match which {
+        "anon-first" => &anonymous.first().unwrap().1,
+        _ => {
+            &estate
+                .requests
+                .iter()
+                .find(|(name, _)| *name == which)
+                .unwrap()
+                .1
+        }
+    };
     let t = std::time::Instant::now();
     for _ in 0..rounds {
         std::hint::black_box(authz_engine::decide(&snapshot, req));
