@@ -138,8 +138,10 @@ impl fmt::Display for Rejected {
 /// One stored policy object.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The object as received (for change detection).
-    raw: Value,
+    /// A fingerprint of the object as received, for change detection (a re-list repeats every
+    /// object): 128 bits, two keyed hashes of its JSON text. The object itself is not kept:
+    /// it is several times the size of what was loaded from it.
+    received: (u64, u64),
     /// What the compiler gets: the object itself, or its fallback.
     inputs: Inputs,
     /// `policy_compiler::compile::content_fingerprint` of `inputs.authorization` when that is
@@ -200,10 +202,15 @@ impl ClusterState {
     pub fn apply_policy(&mut self, kind: PolicyKind, api_version: &str, object: Value) -> Changed {
         let (namespace, name) = object_key(&object);
         let key = (kind, namespace, name);
-        if self.policies.get(&key).is_some_and(|e| e.raw == object) {
+        let received = object_print(&object);
+        if self
+            .policies
+            .get(&key)
+            .is_some_and(|e| e.received == received)
+        {
             return Changed::No;
         }
-        let entry = load_entry(kind, api_version, &key.1, &key.2, object);
+        let entry = load_entry(kind, api_version, &key.1, &key.2, object, received);
         self.policies.insert(key, entry);
         Changed::Yes
     }
@@ -466,8 +473,9 @@ fn load_entry(
     namespace: &str,
     name: &str,
     object: Value,
+    received: (u64, u64),
 ) -> Entry {
-    let mut normalized = object.clone();
+    let mut normalized = object;
     if let Value::Object(map) = &mut normalized {
         // List items of some servers omit these; the watch says what was served.
         map.entry("apiVersion")
@@ -479,7 +487,7 @@ fn load_entry(
     let (inputs, errors) = load_one(&source, &normalized, kind);
     if errors.is_empty() {
         return Entry {
-            raw: object,
+            received,
             print: print_of(&inputs),
             inputs,
             rejected: None,
@@ -488,7 +496,7 @@ fn load_entry(
     let (inputs, fallback, widened) =
         fallback_for(kind, namespace, api_version, &normalized, &source);
     Entry {
-        raw: object,
+        received,
         print: print_of(&inputs),
         inputs,
         rejected: Some(Rejected {
@@ -500,6 +508,20 @@ fn load_entry(
             widened,
         }),
     }
+}
+
+/// See `Entry::received`. serde_json writes object keys in order, so equal objects have equal
+/// texts.
+fn object_print(object: &Value) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let text = object.to_string();
+    let keyed = |key: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        text.hash(&mut h);
+        h.finish()
+    };
+    (keyed(1), keyed(2))
 }
 
 fn print_of(inputs: &Inputs) -> Option<u64> {
