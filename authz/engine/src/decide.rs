@@ -289,8 +289,8 @@ pub fn decide_with(
         };
         let mut tally = Tally::default();
         set.evaluate(&evaluator(&request, &snapshot.entities), &mut tally);
-        // A CUSTOM deny that errors is not satisfied here; the same policy is enforced, and
-        // its error denies, at the enforced step.
+        // Only for a request that failed authentication, which is denied either way: this
+        // chooses the reason. A CUSTOM deny that errors is not satisfied here.
         let matched: Vec<PolicyMatch> = tally
             .forbids
             .iter()
