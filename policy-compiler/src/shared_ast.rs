@@ -9,7 +9,10 @@
 //! 10,000-policy benchmark estate. Parsed through the table, equal subtrees are one node and
 //! no text is kept: ~0.9 KB per policy. A node compares and hashes by content (Cedar's own
 //! `Eq`/`Hash`, which ignore source locations), and a rebuilt condition is checked equal to
-//! the parsed one before it is used, so what is evaluated is exactly what was parsed.
+//! the parsed one before it is used, so what is evaluated is exactly what was parsed. The
+//! policy is handed to `cedar-policy` through its (doc-hidden) `From<ast::Policy>`; the
+//! workspace pins `cedar-policy-core` to the version `cedar-policy` uses, so both agree on the
+//! syntax tree.
 
 use std::collections::HashSet;
 use std::sync::Arc;
