@@ -532,8 +532,10 @@ mod tests {
         authz_engine::decide(&shared.load(), &req).verdict
     }
 
+    /// Polls `f` until it holds. Generous: the watcher polls every 250 ms, but a test machine
+    /// running other test binaries on two cores can starve its thread for seconds.
     fn wait_for(mut f: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if f() {
                 return true;
