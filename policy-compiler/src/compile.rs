@@ -559,16 +559,125 @@ pub struct CompileCache {
     ast: AstInterner,
     /// What the compiles through this cache keep.
     detail: Detail,
+    /// Whether an AuthorizationPolicy whose generated Cedar fails to parse or validate (a
+    /// meshauthz bug) is replaced by a fail-closed stand-in, with a warning, instead of failing
+    /// the whole compile (see [`stand_in`]).
+    contain_internal_errors: bool,
 }
 
 impl CompileCache {
-    /// A cache whose compiles keep what decisions need only ([`Detail::Decisions`]).
+    /// A cache for the hosts that enforce: compiles keep what decisions need only
+    /// ([`Detail::Decisions`]), and one policy the compiler cannot translate (a meshauthz bug)
+    /// is enforced by a fail-closed stand-in rather than holding back every other change (the
+    /// Kubernetes index compiles after every event; a failed compile keeps the last snapshot,
+    /// and would keep it after every later change too).
     pub fn for_decisions() -> CompileCache {
         CompileCache {
             detail: Detail::Decisions,
+            contain_internal_errors: true,
             ..CompileCache::default()
         }
     }
+}
+
+/// Marks the compile-cache print of a stand-in, which differs from its policy's.
+const STAND_IN_PRINT: u64 = 0x5354_414e_445f_494e;
+
+/// A fail-closed replacement for `ap` when its own compile failed inside the compiler, as the
+/// Kubernetes index replaces an invalid object: an enforced DENY or CUSTOM policy (or an
+/// unknown action) denies every request in its scope, an ALLOW policy allows nothing (it still
+/// withholds "no ALLOW policy => allow"), and AUDIT or dry-run policies, which decide nothing,
+/// are left out (`None`). The scope is the policy's own, or its whole namespace when the
+/// stand-in does not compile with it either.
+fn stand_in(
+    ap: &Loaded<AuthorizationPolicySpec>,
+    mesh: &MeshConfig,
+    ast: &mut AstInterner,
+    detail: Detail,
+) -> Option<Result<(AuthzPolicy, Warning), Vec<LoadError>>> {
+    let dry_run = ap
+        .meta
+        .annotations
+        .get(crate::DRY_RUN_ANNOTATION)
+        .and_then(|v| parse_go_bool(v))
+        .unwrap_or(false);
+    let (spec, enforced) = match ap.spec.action {
+        _ if dry_run => return None,
+        Action::Audit => return None,
+        Action::Allow => (
+            AuthorizationPolicySpec {
+                action: Action::Allow,
+                rules: None,
+                provider: None,
+                ..ap.spec.clone()
+            },
+            "an ALLOW policy that allows nothing",
+        ),
+        _ => (
+            AuthorizationPolicySpec {
+                action: Action::Deny,
+                rules: Some(vec![Some(Rule::default())]),
+                provider: None,
+                ..ap.spec.clone()
+            },
+            "a DENY of every request",
+        ),
+    };
+    let namespace_wide = AuthorizationPolicySpec {
+        selector: None,
+        target_ref: None,
+        target_refs: None,
+        ..spec.clone()
+    };
+    let mut last_errors = Vec::new();
+    for (spec, scope) in [(spec, "in its scope"), (namespace_wide, "in its namespace")] {
+        let candidate = Loaded {
+            spec,
+            item_lines: Vec::new(),
+            ..ap.clone()
+        };
+        match compile_authorization(&candidate, mesh, &mut Vocabulary::default(), ast, detail) {
+            Ok(p) if validates(&p) => {
+                let warning = Warning {
+                    location: Location {
+                        file: ap.origin.file.clone(),
+                        document: Some(ap.origin.document),
+                        line: Some(ap.origin.line),
+                        resource: Some(format!("AuthorizationPolicy {}/{}", ap.namespace, ap.name)),
+                        field: None,
+                    },
+                    message: format!(
+                        "internal error: meshauthz cannot translate this policy (a meshauthz bug; please report it); enforced as {enforced} {scope} until it changes"
+                    ),
+                };
+                return Some(Ok((p, warning)));
+            }
+            Ok(_) => {}
+            Err(e) => last_errors = e,
+        }
+    }
+    Some(Err(last_errors))
+}
+
+/// Whether `ap`'s policies validate against the schema of no vocabulary (a stand-in's, which
+/// reads no header, claim or metadata).
+fn validates(ap: &AuthzPolicy) -> bool {
+    let Ok((schema, _)) =
+        cedar_policy::Schema::from_cedarschema_str(&schema::render(&Vocabulary::default()))
+    else {
+        return false;
+    };
+    let mut set = cedar_policy::PolicySet::new();
+    if ap
+        .policies
+        .iter()
+        .any(|p| set.add(p.policy.clone()).is_err())
+    {
+        return false;
+    }
+    cedar_policy::Validator::new(schema)
+        .validate(&set, cedar_policy::ValidationMode::Strict)
+        .validation_passed()
 }
 
 /// Hashes a key that is already a hash (a fingerprint), or an address, by taking it as it is:
@@ -721,7 +830,19 @@ fn compile_with(
                         })
                     }
                     Err(e) => {
-                        errors.extend(e);
+                        if cache.contain_internal_errors {
+                            match stand_in(ap, mesh, &mut cache.ast, cache.detail) {
+                                None => {}
+                                Some(Ok((p, warning))) => {
+                                    warnings.push(warning);
+                                    prints.push(print ^ STAND_IN_PRINT);
+                                    authorization.push(std::sync::Arc::new(p));
+                                }
+                                Some(Err(_)) => errors.extend(e),
+                            }
+                        } else {
+                            errors.extend(e);
+                        }
                         continue;
                     }
                 }
@@ -744,7 +865,7 @@ fn compile_with(
     }
     let mut by_key: Vec<_> = authorization.into_iter().zip(prints).collect();
     by_key.sort_by(|a, b| a.0.key.cmp(&b.0.key));
-    let (authorization, prints): (Vec<_>, Vec<u64>) = by_key.into_iter().unzip();
+    let (authorization, mut prints): (Vec<_>, Vec<u64>) = by_key.into_iter().unzip();
     let mut peer: Vec<PeerAuthn> = Vec::new();
     for pa in &inputs.peer {
         let (p, w) = compile_peer(pa, mesh);
@@ -791,7 +912,7 @@ fn compile_with(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let compiled = Compiled {
+    let mut compiled = Compiled {
         mesh: mesh.clone(),
         workloads,
         authorization,
@@ -811,23 +932,22 @@ fn compile_with(
                 cache.schema_text = compiled.schema_text.clone();
                 cache.validated.clear();
             }
-            let fresh = compiled
-                .authorization
-                .iter()
-                .zip(&prints)
-                .filter(|(_, print)| !cache.validated.contains(*print))
-                .map(|(ap, print)| (&**ap, *print));
-            let fresh: Vec<(&AuthzPolicy, u64)> = fresh.collect();
-            let errors = compiled.validate_policies(fresh.iter().map(|(ap, _)| *ap));
+            let mut fresh: Vec<usize> = (0..compiled.authorization.len())
+                .filter(|i| !cache.validated.contains(&prints[*i]))
+                .collect();
+            let mut errors =
+                compiled.validate_policies(fresh.iter().map(|i| &*compiled.authorization[*i]));
+            if !errors.is_empty() && cache.contain_internal_errors {
+                errors =
+                    contain_invalid(&mut compiled, &mut prints, &mut fresh, inputs, mesh, cache);
+            }
             if errors.is_empty() {
                 // Prints of policies gone since stay until the set is twice the estate (a
                 // stale print is still a fact: that content validated under this schema).
                 if cache.validated.len() > 2 * prints.len() + 64 {
                     cache.validated = prints.iter().copied().collect();
                 }
-                cache
-                    .validated
-                    .extend(fresh.iter().map(|(_, print)| *print));
+                cache.validated.extend(fresh.iter().map(|i| prints[*i]));
             }
             errors
         }
@@ -836,6 +956,54 @@ fn compile_with(
         return Err(validation);
     }
     Ok(compiled)
+}
+
+/// The fresh policies of `compiled` that fail strict validation on their own (a meshauthz bug)
+/// replaced by their stand-ins (or left out, for those that decide nothing), each with a
+/// warning; `fresh` and `prints` follow. The errors of those that cannot be replaced.
+fn contain_invalid(
+    compiled: &mut Compiled,
+    prints: &mut Vec<u64>,
+    fresh: &mut Vec<usize>,
+    inputs: &InputsRef<'_>,
+    mesh: &MeshConfig,
+    cache: &mut CompileCache,
+) -> Vec<LoadError> {
+    let mut errors = Vec::new();
+    let mut gone = Vec::new();
+    for &i in fresh.iter() {
+        let own = compiled.validate_policies(std::iter::once(&*compiled.authorization[i]));
+        if own.is_empty() {
+            continue;
+        }
+        let key = &compiled.authorization[i].key;
+        let source = inputs
+            .authorization
+            .iter()
+            .find(|l| l.namespace == key.namespace && l.name == key.name);
+        match source.map(|l| stand_in(l, mesh, &mut cache.ast, cache.detail)) {
+            Some(None) => gone.push(i),
+            Some(Some(Ok((p, warning)))) => {
+                compiled.warnings.push(warning);
+                compiled.authorization[i] = std::sync::Arc::new(p);
+                prints[i] ^= STAND_IN_PRINT;
+            }
+            None | Some(Some(Err(_))) => errors.extend(own),
+        }
+    }
+    if !gone.is_empty() {
+        for &i in gone.iter().rev() {
+            compiled.authorization.remove(i);
+            prints.remove(i);
+        }
+        // Positions after a removed one move down.
+        *fresh = fresh
+            .iter()
+            .filter(|i| !gone.contains(i))
+            .map(|i| i - gone.iter().filter(|g| *g < i).count())
+            .collect();
+    }
+    errors
 }
 
 impl Compiled {
@@ -1058,6 +1226,8 @@ fn compile_authorization(
             };
             let text = (detail == Detail::Explained).then(|| render_policy(&shape));
             let compact = render_body(&shape, " ", false);
+            #[cfg(test)]
+            let compact = tests::broken(&key, compact);
             let reach = Reach {
                 form: match proto {
                     Some("http") => Form::Http,
@@ -1948,6 +2118,153 @@ fn compile_request(ra: &Loaded<RequestAuthenticationSpec>, mesh: &MeshConfig) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Policies (by `ns/name`) whose generated Cedar this thread's compiles break: to stand
+        /// for a compiler bug, which no valid input is known to trigger.
+        static BROKEN: std::cell::RefCell<Vec<(String, Breakage)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    #[derive(Clone, Copy)]
+    enum Breakage {
+        /// Cedar cannot parse it.
+        Parse,
+        /// It parses and fails strict validation.
+        Validation,
+    }
+
+    pub(super) fn broken(key: &ResourceKey, compact: String) -> String {
+        let breakage = BROKEN.with(|b| {
+            b.borrow()
+                .iter()
+                .find(|(k, _)| *k == key.to_string())
+                .map(|(_, how)| *how)
+        });
+        match breakage {
+            None => compact,
+            Some(Breakage::Parse) => compact.replace(" when {", " when { ((( "),
+            Some(Breakage::Validation) => {
+                compact.replace(" when {", " when { context.noSuchAttribute == 1 && ")
+            }
+        }
+    }
+
+    /// A policy the compiler cannot translate (a meshauthz bug) fails the compile of the CLI,
+    /// and in a host's compile is enforced by its fail-closed stand-in, with a warning: a
+    /// DENY or CUSTOM denies everything in its scope, an ALLOW allows nothing, an AUDIT is left
+    /// out; the other policies compile as they are.
+    #[test]
+    fn untranslatable_policies_are_contained_in_hosts() {
+        let text = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-broken, namespace: foo}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-broken, namespace: foo}
+spec:
+  rules: [{to: [{operation: {methods: ["GET"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-broken, namespace: foo}
+spec:
+  action: AUDIT
+  rules: [{to: [{operation: {paths: ["/x"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: fine, namespace: foo}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/debug"]}}]}]
+"#;
+        let mut inputs = Inputs::default();
+        assert!(inputs.load_str("p.yaml", text).is_empty());
+        let mesh = MeshConfig::default();
+        let no_workloads = std::sync::Arc::new(Vec::new());
+        for parse in [true, false] {
+            let how = if parse {
+                Breakage::Parse
+            } else {
+                Breakage::Validation
+            };
+            BROKEN.with(|b| {
+                *b.borrow_mut() = ["foo/deny-broken", "foo/allow-broken", "foo/audit-broken"]
+                    .map(|k| (k.to_string(), how))
+                    .to_vec();
+            });
+            let cli = compile_cached(
+                &InputsRef::of(&inputs),
+                &mesh,
+                &no_workloads,
+                &mut CompileCache::default(),
+            );
+            let errors = cli.expect_err("the CLI reports the bug");
+            assert!(errors
+                .iter()
+                .any(|e| e.to_string().contains("internal error")));
+
+            let host = compile_cached(
+                &InputsRef::of(&inputs),
+                &mesh,
+                &no_workloads,
+                &mut CompileCache::for_decisions(),
+            )
+            .expect("a host compiles the rest");
+            let by_name = |name: &str| {
+                host.authorization
+                    .iter()
+                    .find(|ap| ap.key.name == name)
+                    .cloned()
+            };
+            let deny = by_name("deny-broken").expect("a stand-in");
+            assert_eq!(deny.action, Action::Deny);
+            // In the policy's own scope...
+            assert!(
+                matches!(&deny.scope, Scope::Selector { labels, .. }
+                    if labels.get("app").map(String::as_str) == Some("web")),
+                "{:?}",
+                deny.scope
+            );
+            // ... a forbid that reads nothing of the request: it matches every request.
+            assert!(!deny.policies.is_empty());
+            for p in &deny.policies {
+                assert_eq!(p.role, Role::Deny);
+                assert_eq!(
+                    p.reads,
+                    crate::attributes::ContextReads::default(),
+                    "{}",
+                    p.policy
+                );
+            }
+            let allow = by_name("allow-broken").expect("a stand-in");
+            assert_eq!(allow.action, Action::Allow);
+            assert!(allow.is_enforced_allow() && allow.policies.is_empty());
+            assert!(by_name("audit-broken").is_none());
+            let fine = by_name("fine").unwrap();
+            assert!(fine
+                .policies
+                .iter()
+                .any(|p| p.policy.to_string().contains("/debug")));
+            let warned: Vec<String> = host.warnings.iter().map(ToString::to_string).collect();
+            for name in ["deny-broken", "allow-broken"] {
+                assert!(
+                    warned
+                        .iter()
+                        .any(|w| w.contains(name) && w.contains("internal error")),
+                    "{warned:?}"
+                );
+            }
+        }
+        BROKEN.with(|b| b.borrow_mut().clear());
+    }
 
     /// `applies_to` never reaches beyond `namespace()` (the snapshot's namespace index relies
     /// on it).
