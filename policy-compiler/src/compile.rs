@@ -580,6 +580,15 @@ impl CompileCache {
     }
 }
 
+/// Whether `ap` is annotated dry-run (`istio.io/dry-run`, a Go boolean).
+fn is_dry_run(ap: &Loaded<AuthorizationPolicySpec>) -> bool {
+    ap.meta
+        .annotations
+        .get(crate::DRY_RUN_ANNOTATION)
+        .and_then(|v| parse_go_bool(v))
+        .unwrap_or(false)
+}
+
 /// Marks the compile-cache print of a stand-in, which differs from its policy's.
 const STAND_IN_PRINT: u64 = 0x5354_414e_445f_494e;
 
@@ -595,12 +604,7 @@ fn stand_in(
     ast: &mut AstInterner,
     detail: Detail,
 ) -> Option<Result<(AuthzPolicy, Warning), Vec<LoadError>>> {
-    let dry_run = ap
-        .meta
-        .annotations
-        .get(crate::DRY_RUN_ANNOTATION)
-        .and_then(|v| parse_go_bool(v))
-        .unwrap_or(false);
+    let dry_run = is_dry_run(ap);
     let (spec, enforced) = match ap.spec.action {
         _ if dry_run => return None,
         Action::Audit => return None,
@@ -1139,12 +1143,7 @@ fn compile_authorization(
         spec.target_ref.as_ref(),
         spec.target_refs.as_deref(),
     );
-    let dry_run = ap
-        .meta
-        .annotations
-        .get(crate::DRY_RUN_ANNOTATION)
-        .and_then(|v| parse_go_bool(v))
-        .unwrap_or(false);
+    let dry_run = is_dry_run(ap);
     let provider = (spec.action == Action::Custom).then(|| {
         let name = spec
             .provider
