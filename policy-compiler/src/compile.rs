@@ -666,22 +666,35 @@ fn stand_in(
 /// Whether `ap`'s policies validate against the schema of no vocabulary (a stand-in's, which
 /// reads no header, claim or metadata).
 fn validates(ap: &AuthzPolicy) -> bool {
-    let Ok((schema, _)) =
-        cedar_policy::Schema::from_cedarschema_str(&schema::render(&Vocabulary::default()))
-    else {
-        return false;
-    };
+    cedar_policy::Schema::from_cedarschema_str(&schema::render(&Vocabulary::default()))
+        .is_ok_and(|(schema, _)| strict_validation(&schema, std::iter::once(ap)).is_empty())
+}
+
+/// Strict validation of the Cedar policies of `policies` against `schema`: the errors, each an
+/// internal error (the compiler emits only valid Cedar, unless it has a bug).
+fn strict_validation<'a>(
+    schema: &cedar_policy::Schema,
+    policies: impl Iterator<Item = &'a AuthzPolicy>,
+) -> Vec<LoadError> {
     let mut set = cedar_policy::PolicySet::new();
-    if ap
-        .policies
-        .iter()
-        .any(|p| set.add(p.policy.clone()).is_err())
-    {
-        return false;
+    let mut errors = Vec::new();
+    for p in policies.flat_map(|a| &a.policies) {
+        if let Err(e) = set.add(p.policy.clone()) {
+            errors.push(LoadError::new(
+                Location::file("<generated>"),
+                format!("internal error: duplicate Cedar policy `{}`: {e}", p.id),
+            ));
+        }
     }
-    cedar_policy::Validator::new(schema)
-        .validate(&set, cedar_policy::ValidationMode::Strict)
-        .validation_passed()
+    let validator = cedar_policy::Validator::new(schema.clone());
+    let result = validator.validate(&set, cedar_policy::ValidationMode::Strict);
+    for e in result.validation_errors() {
+        errors.push(LoadError::new(
+            Location::file("<generated>"),
+            format!("internal error: generated Cedar does not validate: {e}"),
+        ));
+    }
+    errors
 }
 
 /// Hashes a key that is already a hash (a fingerprint), or an address, by taking it as it is:
@@ -817,7 +830,7 @@ fn compile_with(
             std::collections::hash_map::Entry::Occupied(hit) => hit.into_mut(),
             std::collections::hash_map::Entry::Vacant(miss) => {
                 let mut own = Vocabulary::default();
-                match compile_authorization(ap, mesh, &mut own, &mut cache.ast, cache.detail) {
+                match compile_authorization(ap, mesh, &mut own, &mut cache.ast, detail) {
                     Ok(p) => {
                         let vocabulary = match cache.vocabularies.get(&own) {
                             Some(shared) => shared.clone(),
@@ -835,7 +848,7 @@ fn compile_with(
                     }
                     Err(e) => {
                         if cache.contain_internal_errors {
-                            match stand_in(ap, mesh, &mut cache.ast, cache.detail) {
+                            match stand_in(ap, mesh, &mut cache.ast, detail) {
                                 None => {}
                                 Some(Ok((p, warning))) => {
                                     warnings.push(warning);
@@ -1022,25 +1035,7 @@ impl Compiled {
         &self,
         policies: impl Iterator<Item = &'a AuthzPolicy>,
     ) -> Vec<LoadError> {
-        let mut set = cedar_policy::PolicySet::new();
-        let mut errors = Vec::new();
-        for p in policies.flat_map(|a| &a.policies) {
-            if let Err(e) = set.add(p.policy.clone()) {
-                errors.push(LoadError::new(
-                    Location::file("<generated>"),
-                    format!("internal error: duplicate Cedar policy `{}`: {e}", p.id),
-                ));
-            }
-        }
-        let validator = cedar_policy::Validator::new(self.schema.clone());
-        let result = validator.validate(&set, cedar_policy::ValidationMode::Strict);
-        for e in result.validation_errors() {
-            errors.push(LoadError::new(
-                Location::file("<generated>"),
-                format!("internal error: generated Cedar does not validate: {e}"),
-            ));
-        }
-        errors
+        strict_validation(&self.schema, policies)
     }
 
     /// The Cedar policies in a stable order, with the global form of the Istio default rule,

@@ -370,20 +370,20 @@ impl Snapshot {
 
         // Entities: namespaces and workloads; the previous snapshot's when neither the
         // workloads nor the schema they are checked against changed (a policy change).
-        // The same workloads are most often the very same `Arc` (no pod changed).
-        let same_workloads = |p: &&Snapshot| {
+        // Whether `previous` has the same workloads, most often the very same `Arc` (no pod
+        // changed); then a workload's position names the same workload in both.
+        let same_positions = previous.is_some_and(|p| {
             Arc::ptr_eq(&p.compiled.workloads, &compiled.workloads)
                 || p.compiled.workloads == compiled.workloads
-        };
-        let unchanged_entities = previous
-            .filter(|p| same_workloads(p) && p.compiled.schema_text == compiled.schema_text)
+        });
+        let same_workloads = previous.filter(|_| same_positions);
+        let unchanged_entities = same_workloads
+            .filter(|p| p.compiled.schema_text == compiled.schema_text)
             .map(|p| p.entities.clone());
-        let tables = match previous.filter(same_workloads) {
+        let tables = match same_workloads {
             Some(p) => p.workload_tables.clone(),
             None => Arc::new(WorkloadTables::new(&compiled.workloads, &workload_type)),
         };
-        // Whether a workload's position names the same workload in `previous`.
-        let same_positions = previous.is_some_and(|p| same_workloads(&p));
         let mut entities = Vec::new();
         if unchanged_entities.is_none() {
             let mut namespaces: Vec<&str> = compiled
@@ -456,7 +456,6 @@ impl Snapshot {
         let names = VocabularyLiterals::new(&compiled.vocabulary);
         let mut classes: Vec<Arc<PolicyClass>> = Vec::new();
         let mut class_index: HashMap<ClassKey, usize> = HashMap::new();
-        // Sized up front: grown from empty, the rehashes copy every (large) entry several times.
         let mut states = Vec::with_capacity(compiled.workloads.len());
         let mut provider_lists: HashMap<Vec<usize>, Arc<Vec<JwtProvider>>> = HashMap::new();
         for (position, w) in compiled.workloads.iter().enumerate() {
